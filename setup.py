@@ -1,0 +1,35 @@
+"""vlm: video-language models in JAX/Flax (VATT, TubeViT, SViTT, HierVL, TW-BERT)."""
+import setuptools
+
+setuptools.setup(
+    name="vlm",
+    version="0.1.0",
+    description="JAX/Flax, TPU-first training codebase for video-language models.",
+    packages=setuptools.find_packages(include=["vlm", "vlm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "tensorflow>=2.21,<2.30",
+        "tensorflow-datasets>=4.9.10",
+        "tensorflow-text>=2.21,<2.30",
+        "ml-collections>=1.1.0",
+        "clu>=0.0.12",
+        "chex>=0.1.92",
+        "tensorboard>=2.21",
+        "einops>=0.8",
+        "numpy>=1.26",
+        "scipy>=1.11",
+    ],
+    extras_require={
+        # PyAV decodes mp4/avi/mpg/webm for the record writer and the data benchmark only.
+        "media": ["av>=18.1", "soundfile>=0.14"],
+        "test": ["pytest>=8", "pytest-xdist>=3", "nbmake>=1.5", "av>=18.1",
+                 "soundfile>=0.14", "safetensors>=0.4", "matplotlib>=3.8"],
+        "tpu": ["jax[tpu]>=0.10.2"],
+        "gpu": ["jax[cuda12]>=0.10.2"],
+        "colab": ["matplotlib>=3.8"],
+    },
+)
