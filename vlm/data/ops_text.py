@@ -1,0 +1,64 @@
+"""Text pp ops: choose K candidate captions per clip and tokenize them to [K, L] ids with masks.
+
+  sample_captions  `captions` string [K0] -> [K]: K candidates (MIL-NCE; VATT uses the caption plus its
+                   neighbouring sentences). Training takes a random contiguous window of K (narrations are in
+                   time order), eval the first K. Missing ones are empty strings, which tokenize to an
+                   all-zero mask: an invalid caption the losses ignore.
+  tokenize         strings [...] -> `text` int32 [..., L] and `text_mask` int32 [..., L] (clipped or padded).
+                   The tokenizer comes from `config.input.tokenizer` (the pipeline injects it as a default) or
+                   from the op's `tokenizer=dict(kind=..., vocab_file=...)`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import tensorflow as tf
+
+from vlm.data import pp
+from vlm.data import vocab as vocab_lib
+from vlm.data.pp import register
+
+
+@register()
+def sample_captions(num: int = 1, random: bool = True, key: str = "captions") -> pp.Op:
+  """`key` string [K0] -> [num]: a random contiguous window (train) or the first `num` (eval), padded with ''."""
+
+  def op(data):
+    caps = tf.reshape(tf.convert_to_tensor(data[key], tf.string), [-1])
+    k0 = tf.shape(caps)[0]
+    max_start = tf.maximum(k0 - num, 0)
+    if random:
+      start = tf.random.stateless_uniform([], pp.get_seed(data), 0, max_start + 1, dtype=tf.int32)
+    else:
+      start = 0
+    chosen = caps[start:start + num]
+    chosen = tf.concat([chosen, tf.fill([num - tf.shape(chosen)[0]], "")], 0)
+    return {**data, key: tf.ensure_shape(chosen, [num])}
+
+  return op
+
+
+@register()
+def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | None = None,
+             bos: bool = False, eos: bool = False, inkey: str = "captions", outkey: str = "text",
+             mask_key: str = "text_mask") -> pp.Op:
+  """Tokenizes strings [...] into int32 ids [..., max_len] plus a 1/0 mask, padding with 0.
+
+  Args:
+    max_len: L (VATT: 16 words).
+    tokenizer: a `vocab.Tokenizer` or its config dict (`kind`, `vocab_file`, `lower`).
+    bos, eos: add the vocabulary's BOS / EOS ids (counted within max_len; EOS may be clipped).
+    inkey, outkey, mask_key: input strings, output ids and mask keys.
+  """
+  if tokenizer is None:
+    raise ValueError("tokenize: no tokenizer; set config.input.tokenizer or pass tokenizer=dict(kind=..., "
+                     "vocab_file=...).")
+  tok = vocab_lib.make_tokenizer(tokenizer)
+
+  def op(data):
+    ids = tok.to_int_tf_op(data[inkey], bos=bos, eos=eos)
+    dense, mask = vocab_lib.pad_or_clip(ids, max_len, tok.pad_id)
+    return {**data, outkey: dense, mask_key: mask}
+
+  op.tokenizer = tok
+  return op

@@ -1,0 +1,467 @@
+"""Resumable, deterministic tf.data input: `make_train_iterator` and `make_eval_iterator`.
+
+Both yield per-host batches, dicts of numpy arrays with the keys of the batch table in vlm/README.md (whatever the
+pp spec keeps), built from a `Source` (vlm/data/sources.py) and a pp spec (vlm/data/pp.py).
+
+Design (training)
+  * Files: host i of n reads shards i::n. Every epoch e has its own file order and shuffle, both seeded by
+    (seed, host, e); files are read `cycle_length` at a time with a deterministic `interleave`.
+  * Records are numbered in the order they leave the shuffle buffer: (epoch, position). Each example's
+    augmentation seed is derived from (seed, host, epoch, position) and every random op is stateless, so an
+    example gets the same augmentation on every run.
+  * Every batch carries the (epoch, position) of its examples; the iterator remembers those of the last batch it
+    handed out, so `get_state()` = {'seed', 'epoch', 'position', ...} is exact whatever the prefetch depth.
+    `make_train_iterator(..., state=s)` rebuilds epoch `s['epoch']` and skips `s['position']` serialized records
+    after the shuffle (no parsing or decoding), so the next batch is the one an uninterrupted run would yield next.
+  * Errors: each record is parsed and preprocessed inside its own one-element dataset with `ignore_errors`; a
+    record that fails (truncated proto, corrupt JPEG, wrong layout, 'error' pad policy, ...) is replaced by a
+    placeholder flagged invalid, a `scan` counts the invalid ones in front of each valid example, and they are
+    filtered out. Counts therefore belong to the batches actually consumed: `DataIterator.skipped['corrupt']`.
+    Shards whose framing is truncated (found by a header walk at start) are counted in
+    `skipped['truncated_files']`; their readable records are used.
+  * Before anything is built, the first records of the host's first shard are checked eagerly (layout, then
+    parse + pp run eagerly), so a wrong layout or a broken pp spec fails at once with a clear error rather than
+    as silently skipped records hours into the run.
+
+Design (eval)
+  Ordered, finite; per-host record counts come from the shard header walk; every host yields
+  ceil(max_host_count / host_batch) batches, padding with zero examples that have `_mask` = 0 (big_vision's
+  "infinite padding"). Real examples have `_mask` = 1; skipped (invalid) records are replaced by padding.
+
+Config (config.seed and config.input; eval_input overrides fields of config.input, `data` merged key by key)
+  seed: int                          base of every seed
+  input.data: dict(name='builtin'|'records'|'tfds'|'module.path', split='train', options=dict(...),
+                   files=..., dataset=..., data_dir=...)          see vlm/data/sources.py
+  input.batch_size: int              GLOBAL batch; per-host = batch_size // process_count (must divide)
+  input.shuffle_buffer: int = 1024   records in the shuffle buffer (serialized, before decoding); <= 1: none
+  input.pp: str | list               pp spec (vlm/data/pp.py); default built from the fields below
+  input.batch_pp: str = ''           ops on batched dicts, e.g. 'mixup(alpha=5.0)'
+  input.pp_modules: list[str] = []   extra op modules to import
+  input.num_frames: int = 32, input.fps: float | None = 10.0, input.stride: int = 1,
+  input.crop_size: int = 224, input.audio_samples: int = 0, input.max_text_len: int = 16,
+  input.num_captions: int = 1, input.num_classes: int = 0      used by the default pp and as op defaults
+  input.pad_policy: str = 'loop'     short clips: 'loop' | 'pad_last' | 'error'
+  input.default_fps: float = 25.0    frame rate assumed for records without `video/fps`
+  input.tokenizer: dict(kind='words'|'wordpiece', vocab_file=None, lower=True)  vocab_file None = source's vocab
+  input.extra_context: dict = {}     extra context keys to parse: {key: 'string'|'int'|'float'}
+  input.cache: bool = False          keep the host's serialized records in memory after the first epoch
+  input.cycle_length: int = 16       files read concurrently
+  input.num_parallel_calls: int = -1 examples processed concurrently (-1: AUTOTUNE)
+  input.threads: int = 0             tf.data private thread pool size (0: TF's shared pool)
+  input.prefetch: int = 2            batches prefetched
+  input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
+  input.check_files: bool = True     walk shard headers at start (truncated files; eval record counts)
+  input.eager_check: int = 2         records checked eagerly before the pipeline starts (0: off)
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Iterator, Mapping
+
+import numpy as np
+import tensorflow as tf
+
+from vlm.data import pp as pp_lib
+from vlm.data import sources as sources_lib
+
+_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped")
+_BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (batch-level ops)
+
+DEFAULTS: dict[str, Any] = dict(
+    shuffle_buffer=1024, pp=None, batch_pp="", pp_modules=(), num_frames=32, fps=10.0, stride=1, crop_size=224,
+    audio_samples=0, max_text_len=16, num_captions=1, num_classes=0, pad_policy="loop", default_fps=25.0,
+    tokenizer=None, extra_context=None, cache=False, cycle_length=16, num_parallel_calls=-1, threads=0,
+    prefetch=2, skip_errors=True, check_files=True, eager_check=2,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config helpers.
+
+
+def _to_dict(x) -> dict:
+  if x is None:
+    return {}
+  if hasattr(x, "to_dict"):
+    return x.to_dict()
+  return dict(x)
+
+
+def input_config(config, overrides=None) -> dict[str, Any]:
+  """config.input (+ eval overrides) as a plain dict with defaults filled in."""
+  inp = {**DEFAULTS, **_to_dict(config.input)}
+  over = _to_dict(overrides)
+  if "data" in over:
+    over["data"] = {**_to_dict(inp.get("data")), **_to_dict(over["data"])}
+  inp.update(over)
+  if "batch_size" not in inp:
+    raise ValueError("config.input.batch_size is required.")
+  inp["data"] = _to_dict(inp.get("data")) or {"name": "builtin"}
+  return inp
+
+
+def host_batch_size(batch_size: int, process_count: int) -> int:
+  if batch_size % process_count:
+    raise ValueError(f"Global batch size {batch_size} is not divisible by the process count {process_count}.")
+  return batch_size // process_count
+
+
+def default_pp(inp: Mapping[str, Any], *, train: bool) -> str:
+  """The pp spec used when `input.pp` is not set: VATT-style clip, crop, augmentation, text and labels."""
+  f, crop = inp["num_frames"], inp["crop_size"]
+  timing = f"fps={inp['fps']}" if inp.get("fps") else f"stride={inp['stride']}"
+  audio = inp.get("audio_samples") or 0
+  keep = ["video", "audio_mask"] + (["audio"] if audio else [])
+  if train:
+    ops = [f"sample_clip({f}, {timing}, audio_samples={audio})", f"random_resized_crop({crop})", "flip",
+           "color_jitter", "normalize(-1, 1)"] + (["audio_noise(0.01)"] if audio else [])
+  else:
+    ops = [f"sample_clip({f}, {timing}, random=False, audio_samples={audio})", f"center_crop({crop})",
+           "normalize(-1, 1)"]
+  if inp.get("max_text_len") and inp.get("tokenizer") is not None:
+    ops += [f"sample_captions({inp['num_captions']}, random={train})", f"tokenize({inp['max_text_len']})"]
+    keep += ["text", "text_mask"]
+  if inp.get("num_classes"):
+    ops += ["label", f"onehot({inp['num_classes']})"]
+    keep += ["label", "labels"]
+  ops.append("keep(" + ", ".join(repr(k) for k in keep) + ")")
+  return "|".join(ops)
+
+
+def op_defaults(inp: Mapping[str, Any], source: sources_lib.Source) -> dict[str, dict[str, Any]]:
+  """Config fields injected as default arguments of pp ops (explicit arguments in the spec win)."""
+  tok = _to_dict(inp.get("tokenizer")) or None
+  if tok is not None and not tok.get("vocab_file"):
+    tok["vocab_file"] = source.meta.get("vocab_file")
+  if tok is None and source.meta.get("vocab_file"):
+    tok = {"kind": "words", "vocab_file": source.meta["vocab_file"]}
+  clip = {"pad": inp["pad_policy"], "default_fps": inp["default_fps"]}
+  out = {"sample_clip": clip, "sample_multiclip": dict(clip), "sample_captions": {"num": inp["num_captions"]}}
+  if tok is not None:
+    out["tokenize"] = {"tokenizer": tok, "max_len": inp["max_text_len"]}
+  n_cls = inp.get("num_classes") or len(source.meta.get("class_names") or ())
+  if n_cls:
+    out["onehot"] = {"num_classes": n_cls}
+    out["multihot"] = {"num_classes": n_cls}
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset construction.
+
+
+def _example_seed(base: tf.Tensor, epoch: tf.Tensor, pos: tf.Tensor) -> tf.Tensor:
+  s = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+  return tf.random.experimental.stateless_fold_in(s, tf.cast(pos, tf.int64))
+
+
+def _host_seed(seed: int, process_index: int) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0x5EED], tf.int64), process_index)
+
+
+class _Builder:
+  """Builds the per-host datasets for one input config."""
+
+  def __init__(self, config, inp: dict, process_index: int, process_count: int, *, train: bool):
+    self.inp = inp
+    self.train = train
+    self.seed = int(config.get("seed", 0)) if hasattr(config, "get") else int(getattr(config, "seed", 0))
+    self.process_index, self.process_count = process_index, process_count
+    self.batch = host_batch_size(int(inp["batch_size"]), process_count)
+    self.source = sources_lib.get_source(inp["data"])
+    self.extra_context = _to_dict(inp.get("extra_context"))
+    spec = inp.get("pp") or default_pp(inp, train=train)
+    self.pp = pp_lib.build(spec, defaults=op_defaults(inp, self.source), modules=inp.get("pp_modules") or ())
+    self.batch_pp = pp_lib.build(inp.get("batch_pp") or None, modules=inp.get("pp_modules") or ())
+    self.is_records = self.source.load_examples is None
+    self.files = (sources_lib.host_files(self.source.files, process_index, process_count)
+                  if self.is_records else [])
+    self.truncated_files = 0
+    if self.is_records and inp["check_files"]:
+      self.truncated_files = sum(sources_lib.scan_shard(f).truncated for f in self.files)
+    self.host_seed = _host_seed(self.seed, process_index)
+    self.options = tf.data.Options()
+    self.options.deterministic = True
+    if inp["threads"]:
+      self.options.threading.private_threadpool_size = int(inp["threads"])
+      self.options.threading.max_intra_op_parallelism = 1
+
+  # -- one example ------------------------------------------------------------------------------------------------
+
+  def raw(self, payload) -> dict[str, tf.Tensor]:
+    if self.is_records:
+      return sources_lib.parse_example(payload, extra_context=self.extra_context)
+    return dict(payload)
+
+  def process(self, elem: dict) -> dict[str, tf.Tensor]:
+    """{'payload', '_epoch', '_pos'} -> preprocessed example with the private keys."""
+    data = self.raw(elem["payload"])
+    seed = _example_seed(self.host_seed, elem["_epoch"], elem["_pos"])
+    data["_seed"] = seed
+    out = self.pp(data)
+    out = {k: v for k, v in out.items() if not k.startswith("_")}
+    out.update(_seed=seed, _epoch=tf.cast(elem["_epoch"], tf.int64), _pos=tf.cast(elem["_pos"], tf.int64))
+    return out
+
+  def eager_check(self) -> None:
+    """Layout check and an eager pp dry run on the first records (errors surface before training)."""
+    n = int(self.inp["eager_check"])
+    if not n:
+      return
+    if self.is_records:
+      payloads = [tf.constant(r) for r in sources_lib.check_records(self.files, n)]
+    else:
+      payloads = list(self.source.load_examples(self.process_index, self.process_count).take(n))
+    for i, p in enumerate(payloads):
+      try:
+        self.process({"payload": p, "_epoch": tf.constant(0, tf.int64), "_pos": tf.constant(i, tf.int64)})
+      except Exception as e:
+        where = self.files[0] if self.files else self.source.name
+        raise type(e)(f"Preprocessing record {i} of {where} failed before training: {e}") from e
+
+  def _processed(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Elements {'payload', '_epoch', '_pos'} -> valid processed examples with `_skipped` counts."""
+    par = int(self.inp["num_parallel_calls"])
+    par = tf.data.AUTOTUNE if par < 0 else par
+    if not self.inp["skip_errors"]:
+      return ds.map(lambda e: {**self.process(e), "_skipped": tf.constant(0, tf.int64)},
+                    num_parallel_calls=par, deterministic=True)
+    spec_holder = {}
+
+    def safe(elem):
+      # One-element dataset per record: ignore_errors drops it on any error, the placeholder then fills in.
+      inner = tf.data.Dataset.from_tensors(elem).map(self.process).ignore_errors()
+      spec_holder["spec"] = inner.element_spec
+      zeros = tf.nest.map_structure(
+          lambda s: tf.zeros([d if d is not None else 0 for d in s.shape], s.dtype), inner.element_spec)
+      ok = inner.map(lambda d: (d, tf.constant(True)))
+      return ok.concatenate(tf.data.Dataset.from_tensors((zeros, tf.constant(False)))).take(1)
+
+    ds = ds.interleave(safe, cycle_length=par, block_length=1, num_parallel_calls=par, deterministic=True)
+
+    def count(n_bad, elem):
+      d, valid = elem
+      d = dict(d)
+      d["_skipped"] = tf.where(valid, n_bad, tf.constant(0, tf.int64))
+      return tf.where(valid, tf.constant(0, tf.int64), n_bad + 1), (d, valid)
+
+    def is_valid(d, valid):
+      del d
+      return valid
+
+    def drop_flag(d, valid):
+      del valid
+      return d
+
+    ds = ds.scan(tf.constant(0, tf.int64), count).filter(is_valid).map(drop_flag)
+    # The placeholder's zero-size dims made the element shapes unknown: restore the real static shapes.
+    spec = spec_holder["spec"]
+    return ds.map(lambda d: {k: (tf.ensure_shape(v, spec[k].shape) if k in spec else v) for k, v in d.items()})
+
+  # -- record streams ---------------------------------------------------------------------------------------------
+
+  def _read(self, files: tf.data.Dataset, cycle: int) -> tf.data.Dataset:
+    return files.interleave(lambda f: tf.data.TFRecordDataset(f).ignore_errors(), cycle_length=cycle,
+                            block_length=1, num_parallel_calls=cycle, deterministic=True)
+
+  def _payloads(self) -> tf.data.Dataset:
+    """The host's records (or decoded examples) in a fixed order, for one pass."""
+    if self.is_records:
+      cycle = max(1, min(int(self.inp["cycle_length"]), len(self.files)))
+      return self._read(tf.data.Dataset.from_tensor_slices(self.files), cycle)
+    return self.source.load_examples(self.process_index, self.process_count)
+
+  def train_stream(self, start_epoch: int, start_pos: int) -> tf.data.Dataset:
+    files = tf.constant(self.files or [""])
+    n_files = len(self.files)
+    cycle = max(1, min(int(self.inp["cycle_length"]), max(n_files, 1)))
+    buf = int(self.inp["shuffle_buffer"])
+    # Cached records (or a non-record source's examples) come in a fixed order; the shuffle buffer mixes them.
+    fixed = None
+    if self.inp["cache"]:
+      fixed = self._payloads().cache()
+    elif not self.is_records:
+      fixed = self._payloads()
+
+    def epoch_stream(epoch):
+      eseed = tf.random.experimental.stateless_fold_in(self.host_seed, epoch)
+      if fixed is not None:
+        ds = fixed
+      else:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n_files), seed=eseed)
+        ds = self._read(tf.data.Dataset.from_tensor_slices(tf.gather(files, order)), cycle)
+      if buf > 1:
+        ds = ds.shuffle(buf, seed=tf.math.abs(eseed[0]) + 1, reshuffle_each_iteration=False)
+      ds = ds.enumerate().skip(tf.where(epoch == start_epoch, tf.constant(start_pos, tf.int64), 0))
+      return ds.map(lambda pos, p: {"payload": p, "_epoch": epoch, "_pos": pos})
+
+    return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_stream)
+
+  def finish_train(self, ds: tf.data.Dataset) -> tf.data.Dataset:
+    ds = self._processed(ds).batch(self.batch, drop_remainder=True)
+    ds = ds.map(self._batch_ops)
+    return ds.prefetch(int(self.inp["prefetch"])).with_options(self.options)
+
+  def _batch_ops(self, batch):
+    if not getattr(self.batch_pp, "ops", None):
+      return batch
+    private = {k: batch[k] for k in _PRIVATE if k in batch}
+    data = {k: v for k, v in batch.items() if k not in private}
+    data["_seed"] = tf.random.experimental.stateless_fold_in(batch["_seed"][0], _BATCH_SALT)
+    out = self.batch_pp(data)
+    out.pop("_seed", None)
+    return {**out, **private}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training iterator.
+
+
+class DataIterator:
+  """Infinite iterator of per-host training batches (dicts of numpy arrays) with a resumable position.
+
+  Attributes:
+    skipped: {'corrupt': records skipped because parsing / decoding / pp failed (in consumed batches),
+              'truncated_files': host shards with a truncated or corrupt tail}.
+    batches: batches handed out since this iterator was created.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, *, seed: int, epoch: int, position: int, process_index: int,
+               process_count: int, skipped: Mapping[str, int] | None = None):
+    self._ds = dataset
+    self._it = None
+    self.seed, self.epoch, self.position = seed, epoch, position
+    self.process_index, self.process_count = process_index, process_count
+    self.skipped = {"corrupt": 0, "truncated_files": 0, **(skipped or {})}
+    self.batches = 0
+
+  @property
+  def element_spec(self):
+    return {k: v for k, v in self._ds.element_spec.items() if k not in _PRIVATE}
+
+  def __iter__(self) -> "DataIterator":
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._it is None:
+      self._it = self._ds.as_numpy_iterator()
+    batch = next(self._it)
+    epochs, positions = batch.pop("_epoch"), batch.pop("_pos")
+    self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
+    batch.pop("_seed", None)
+    # Examples leave the pipeline in (epoch, position) order: the last one is where to resume after.
+    self.epoch, self.position = int(epochs[-1]), int(positions[-1]) + 1
+    self.batches += 1
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    """Small JSON-serialisable state; `make_train_iterator(..., state=it.get_state())` continues after it."""
+    return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
+            "process_index": self.process_index, "process_count": self.process_count,
+            "skipped": dict(self.skipped)}
+
+
+def make_train_iterator(config, *, process_index: int, process_count: int,
+                        state: Mapping[str, Any] | None = None) -> DataIterator:
+  """Infinite, shuffled, augmented, batched (drop_remainder) and prefetched per-host training batches.
+
+  Args:
+    config: the full config; reads `config.seed` and `config.input` (module docstring).
+    process_index, process_count: this host and the number of hosts.
+    state: a previous `DataIterator.get_state()`; the iterator continues with the next batch.
+
+  Returns:
+    A `DataIterator`.
+  """
+  inp = input_config(config)
+  b = _Builder(config, inp, process_index, process_count, train=True)
+  epoch, position, skipped = 0, 0, {}
+  if state:
+    epoch, position = int(state.get("epoch", 0)), int(state.get("position", 0))
+    skipped = dict(state.get("skipped") or {})
+    if int(state.get("seed", b.seed)) != b.seed:
+      logging.warning("Data state was saved with seed %s, config has %s: augmentation and order will differ.",
+                      state.get("seed"), b.seed)
+    if int(state.get("process_count", process_count)) != process_count:
+      logging.warning("Data state was saved with %s hosts, now %s: restarting epoch %d from its start.",
+                      state.get("process_count"), process_count, epoch)
+      position = 0
+  b.eager_check()
+  ds = b.finish_train(b.train_stream(epoch, position))
+  skipped["truncated_files"] = b.truncated_files
+  return DataIterator(ds, seed=b.seed, epoch=epoch, position=position, process_index=process_index,
+                      process_count=process_count, skipped=skipped)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Eval iterator.
+
+
+class EvalIterable:
+  """Finite, re-iterable per-host eval batches; every host yields `num_batches` batches with `_mask`."""
+
+  def __init__(self, dataset: tf.data.Dataset, num_batches: int, num_examples: int):
+    self._ds = dataset
+    self.num_batches = num_batches
+    self.num_examples = num_examples  # records on this host (before skipping invalid ones)
+    self.skipped = {"corrupt": 0}
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    self.skipped = {"corrupt": 0}
+    for batch in self._ds.as_numpy_iterator():
+      self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
+      for k in ("_seed", "_epoch", "_pos"):
+        batch.pop(k, None)
+      yield batch
+
+
+def _count_examples(b: _Builder, inp: Mapping[str, Any]) -> list[int]:
+  """Records per host, for all hosts (each host computes all counts, so no communication is needed)."""
+  if b.is_records:
+    counts = []
+    for h in range(b.process_count):
+      files = sources_lib.host_files(b.source.files, h, b.process_count)
+      counts.append(sum(sources_lib.scan_shard(f).num_records for f in files))
+    return counts
+  counts = []
+  for h in range(b.process_count):
+    ds = b.source.load_examples(h, b.process_count)
+    n = int(ds.cardinality())
+    if n < 0:  # Unknown: count by iterating (decodes the split once).
+      n = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+    counts.append(n)
+  return counts
+
+
+def make_eval_iterator(config, eval_input, *, process_index: int, process_count: int) -> EvalIterable:
+  """Finite, ordered per-host eval batches padded with `_mask` = 0 examples so all hosts run the same steps.
+
+  Args:
+    config: the full config (`config.seed`, `config.input`).
+    eval_input: overrides of config.input fields (split via `data`, pp, batch_size, ...).
+    process_index, process_count: this host and the number of hosts.
+  """
+  inp = input_config(config, eval_input)
+  inp["check_files"] = True  # the header walk gives the record counts
+  b = _Builder(config, inp, process_index, process_count, train=False)
+  b.eager_check()
+  counts = _count_examples(b, inp)
+  num_batches = math.ceil(max(counts) / b.batch) if counts else 0
+  ds = b._payloads().enumerate().map(lambda pos, p: {"payload": p, "_epoch": tf.constant(0, tf.int64),
+                                                     "_pos": pos})
+  ds = b._processed(ds).map(lambda d: {**d, "_mask": tf.constant(1.0, tf.float32)})
+  spec = ds.element_spec
+  unknown = [k for k, s in spec.items() if not s.shape.is_fully_defined()]
+  if unknown:
+    raise ValueError(f"Eval pp must give static shapes for padding; unknown for {unknown}: "
+                     f"{ {k: spec[k].shape for k in unknown} }.")
+  pad = {k: tf.zeros(s.shape, s.dtype) for k, s in spec.items()}
+  pad["_mask"] = tf.constant(0.0, tf.float32)
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+  ds = ds.batch(b.batch, drop_remainder=True).take(num_batches)
+  ds = ds.prefetch(int(inp["prefetch"])).with_options(b.options)
+  return EvalIterable(ds, num_batches, counts[process_index] if counts else 0)
