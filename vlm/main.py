@@ -1,0 +1,63 @@
+r"""Command line: train or evaluate one config.
+
+  python -m vlm.main --config=configs/vatt/pretrain.py:tiny --workdir=/tmp/vatt [--config.total_steps=10]
+  python -m vlm.main --config=... --workdir=... --mode=eval
+  python launch/local.py --num_processes=2 -- --config=... --workdir=...     # adds --distributed
+
+Deliberately thin (flax-examples rule): parse flags, start the distributed runtime, keep TensorFlow off the
+accelerators, then hand over to `vlm.train.trainer`, which tests and colabs import directly.
+
+`--config.a.b=value` overrides are type-checked and an unknown key is an error (the config is locked).
+`--distributed` calls `jax.distributed.initialize`, with --coordinator_address / --num_processes /
+--process_id when given (else the VLM_COORDINATOR_ADDRESS / VLM_NUM_PROCESSES / VLM_PROCESS_ID environment
+variables, else JAX's cluster auto-detection, which covers TPU VM pods).
+"""
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file("config", None, "Config file, FILE:ARG.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train: train_and_evaluate; eval: evaluate the latest "
+                  "checkpoint.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-process runs).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (with --distributed).")
+flags.DEFINE_integer("process_id", None, "This process's index (with --distributed).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here so that flag errors (a misspelt --config.x) fail fast, before the heavy imports.
+  import jax  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+  # tf.data runs on the host; without this TF may grab accelerator memory that JAX needs.
+  tf.config.set_visible_devices([], "GPU")
+  # Random bits computed shard-by-shard, identical for any mesh: needed for sharded dropout/DropToken keys.
+  jax.config.update("jax_threefry_partitionable", True)
+
+  from vlm.parallel import multihost  # pylint: disable=g-import-not-at-top
+  from vlm.train import trainer  # pylint: disable=g-import-not-at-top
+
+  # Must come before anything starts a JAX backend.
+  if FLAGS.distributed:
+    multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  logging.info("JAX process %d/%d, local devices %s.", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+
+  if FLAGS.mode == "train":
+    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    trainer.evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
