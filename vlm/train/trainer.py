@@ -365,10 +365,11 @@ def train_loop(config: ConfigDict, *, setup: Setup, state: state_lib.TrainState,
 
 
 # ============================================================================================ entry points
-def _workdir_setup(config: ConfigDict, workdir: str) -> metrics_lib.MetricLogger:
+def _workdir_setup(config: ConfigDict, workdir: str, config_name: str) -> metrics_lib.MetricLogger:
+  """Creates the workdir, records the config (process 0) and opens the metric writers."""
   if multihost.is_main_process():
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    (epath.Path(workdir) / config_name).write_text(config.to_json_best_effort(indent=2))
   multihost.sync("workdir_created")
   return metrics_lib.MetricLogger(workdir, is_main=multihost.is_main_process())
 
@@ -391,7 +392,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
   per_host = multihost.check_batch_size(config.input.batch_size, mesh_lib.num_batch_shards(setup.mesh),
                                         jax.process_count())
   task = build_task(config)
-  logger = _workdir_setup(config, workdir)
+  logger = _workdir_setup(config, workdir, "config.json")
   logger.write_hparams(metrics_lib.flatten_config(config))
 
   spec = build_state_spec(config, task, setup, total_steps)
@@ -428,7 +429,7 @@ def evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   """Restores the latest checkpoint of `workdir` (else config.init_checkpoint) and runs every evaluator."""
   setup = setup_mesh(config)
   task = build_task(config)
-  logger = _workdir_setup(config, workdir)
+  logger = _workdir_setup(config, workdir, "config_eval.json")  # keeps the training config.json
   var_spec = abstract_variables(config, task, setup)
   abstract = lambda tree, shardings: jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
