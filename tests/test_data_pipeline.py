@@ -1,0 +1,198 @@
+"""Train / eval iterators of vlm.data.pipeline: determinism, exact resume, error counting, host splits, padding."""
+import json
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+from vlm.data import bench  # pylint: disable=g-import-not-at-top
+from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
+from vlm.data import records  # pylint: disable=g-import-not-at-top
+from vlm.data import sources  # pylint: disable=g-import-not-at-top
+
+TRAIN_PP = ("sample_clip(4, stride=2, audio_samples=800)|random_resized_crop(16)|flip|color_jitter|"
+            "normalize(-1, 1)|audio_noise|sample_captions(2)|tokenize(5)|label|onehot(5)|"
+            "keep('video', 'audio', 'audio_mask', 'text', 'text_mask', 'label', 'labels', 'frame_index')")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp("records")
+  for s in range(3):
+    bench.write_synthetic_records(str(d / f"train-{s}.tfrecord"), 6, num_frames=10, height=20, width=24,
+                                  seed=s)
+  (d / "vocab.txt").write_text("[PAD]\n[UNK]\na\nred\nball\nmoves\nleft\nthe\nblue\nbox\n")
+  return d
+
+
+def make_config(data_dir, **input_overrides):
+  inp = dict(data=dict(name="records", files=str(data_dir / "train-*.tfrecord")), batch_size=4,
+             shuffle_buffer=8, pp=TRAIN_PP, tokenizer=dict(kind="words", vocab_file=str(data_dir / "vocab.txt")),
+             eager_check=0, cycle_length=2)
+  inp.update(input_overrides)
+  return ml_collections.ConfigDict(dict(seed=5, input=inp))
+
+
+def assert_batches_equal(a, b):
+  assert set(a) == set(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_batch_keys_shapes_and_dtypes(data_dir):
+  it = pipeline.make_train_iterator(make_config(data_dir, eager_check=2), process_index=0, process_count=1)
+  b = next(it)
+  shapes = {k: (v.shape, v.dtype.name) for k, v in b.items()}
+  assert shapes == {
+      "video": ((4, 4, 16, 16, 3), "float32"), "audio": ((4, 800), "float32"), "audio_mask": ((4,), "float32"),
+      "text": ((4, 2, 5), "int32"), "text_mask": ((4, 2, 5), "int32"), "label": ((4,), "int32"),
+      "labels": ((4, 5), "float32"), "frame_index": ((4, 4), "int32")}
+  assert -1 <= b["video"].min() and b["video"].max() <= 1 and np.all(b["audio_mask"] == 1)
+  assert np.all(np.diff(b["frame_index"], axis=1) == 2)
+  np.testing.assert_array_equal(b["labels"].argmax(-1), b["label"])
+
+
+def test_same_seed_same_batches_and_exact_resume(data_dir):
+  cfg = make_config(data_dir)
+  ref = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  # 18 records / 4 per batch: batches 4 and 5 straddle the epoch boundary.
+  expected = [next(ref) for _ in range(7)]
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  states = {}
+  for n in range(6):
+    assert_batches_equal(next(it), expected[n])  # same seed, same batches
+    states[n + 1] = json.loads(json.dumps(it.get_state()))  # small and JSON-serialisable
+  for n in (4, 5):  # right before the batch that straddles the epoch boundary, and right after it
+    resumed = pipeline.make_train_iterator(cfg, process_index=0, process_count=1, state=states[n])
+    assert_batches_equal(next(resumed), expected[n])
+    assert_batches_equal(next(resumed), expected[n + 1])
+  state = states[5]
+  assert set(state) >= {"seed", "epoch", "position"} and state["epoch"] == 1
+  # Epoch 1 reshuffles: its first batch differs from epoch 0's; another seed gives other batches.
+  assert not np.array_equal(expected[5]["label"], expected[0]["label"]) or not np.array_equal(
+      expected[5]["frame_index"], expected[0]["frame_index"])
+  cfg.seed = 6
+  other = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
+  assert not np.array_equal(other["video"], expected[0]["video"])
+
+
+def _write_mixed(path, n_good=6, bad_at=(1, 3, 4)):
+  """n_good good records with 3 bad ones interleaved: a corrupt JPEG frame, garbage bytes, a multi-JPEG entry."""
+  good = [records.make_sequence_example(
+      jpeg_frames=bench.encode_jpegs(bench.synthetic_frames(6, 16, 16, seed=i)), fps=10.0, label_index=[i],
+      captions=["a ball"]).SerializeToString() for i in range(n_good)]
+  jpegs = bench.encode_jpegs(bench.synthetic_frames(6, 16, 16))
+  corrupt = records.make_sequence_example(
+      jpeg_frames=jpegs[:3] + [jpegs[3][:40] + b"\x00" * 20] + jpegs[4:], fps=10.0).SerializeToString()
+  multi = tf.train.SequenceExample()
+  multi.feature_lists.feature_list[records.IMAGE].feature.add().bytes_list.value.extend(jpegs)
+  bad = [corrupt, b"\x08\x96\x01 not a proto", multi.SerializeToString()]
+  out, it_bad = [], iter(bad)
+  for i in range(n_good + len(bad)):
+    out.append(next(it_bad) if i in bad_at else good.pop(0))
+  with tf.io.TFRecordWriter(str(path)) as w:
+    for r in out:
+      w.write(r)
+
+
+def test_corrupt_records_are_counted_and_skipped(tmp_path):
+  _write_mixed(tmp_path / "mixed.tfrecord")
+  cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
+      data=dict(name="records", files=str(tmp_path / "mixed.tfrecord")), batch_size=2, shuffle_buffer=1,
+      eager_check=1, pp="sample_clip(4)|center_crop(8)|label|keep('video', 'label')")))
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  labels = [next(it)["label"].tolist() for _ in range(3)]
+  assert labels == [[0, 1], [2, 3], [4, 5]]  # the good records, in order
+  assert it.skipped == {"corrupt": 3, "truncated_files": 0}
+  next(it)
+  assert it.get_state()["skipped"]["corrupt"] == 4  # epoch 1's first batch skipped the bad record at position 1
+  cfg.input.skip_errors = False
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    for _ in range(3):
+      next(it)
+
+
+def test_truncated_file_is_counted_and_its_records_used(data_dir, tmp_path):
+  raw = (data_dir / "train-0.tfrecord").read_bytes()
+  (tmp_path / "t.tfrecord").write_bytes(raw[:-100])
+  info = sources.scan_shard(str(tmp_path / "t.tfrecord"))
+  assert (info.num_records, info.truncated) == (5, True)
+  assert sources.scan_shard(str(data_dir / "train-0.tfrecord")).truncated is False
+  cfg = make_config(data_dir, data=dict(name="records", files=str(tmp_path / "t.tfrecord")), batch_size=5,
+                    shuffle_buffer=1)
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  np.testing.assert_array_equal(next(it)["label"], [0, 1, 2, 3, 4])
+  assert it.skipped["truncated_files"] == 1
+
+
+def test_layout_errors_fail_before_training(tmp_path):
+  jpegs = bench.encode_jpegs(bench.synthetic_frames(3, 8, 8))
+  ex = tf.train.SequenceExample()
+  ex.feature_lists.feature_list[records.IMAGE].feature.add().bytes_list.value.extend(jpegs)
+  with tf.io.TFRecordWriter(str(tmp_path / "bad.tfrecord")) as w:
+    w.write(ex.SerializeToString())
+  cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
+      data=dict(name="records", files=str(tmp_path / "bad.tfrecord")), batch_size=1, pp="sample_clip(2)")))
+  with pytest.raises(sources.LayoutError, match=r"'image/encoded' entry 0 holds 3 values"):
+    pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+
+
+def test_eager_check_reports_pp_errors_early(data_dir):
+  cfg = make_config(data_dir, eager_check=1, pp="sample_clip(4)|keep('nope')|normalize")
+  with pytest.raises(KeyError, match="before training"):
+    pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+
+
+def test_host_split_and_batch_errors(data_dir):
+  files = [f"f{i}" for i in range(5)]
+  assert sources.host_files(files, 1, 2) == ["f1", "f3"]
+  with pytest.raises(ValueError, match="5 record files cannot be split over 8 hosts"):
+    sources.host_files(files, 0, 8)
+  with pytest.raises(ValueError, match="Global batch size 4 is not divisible by the process count 3"):
+    pipeline.make_train_iterator(make_config(data_dir), process_index=0, process_count=3)
+  # Two hosts read disjoint files and draw different augmentations.
+  cfg = make_config(data_dir, batch_size=4, shuffle_buffer=1)
+  b0 = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=2))
+  b1 = next(pipeline.make_train_iterator(cfg, process_index=1, process_count=2))
+  assert b0["video"].shape[0] == b1["video"].shape[0] == 2
+  assert not np.array_equal(b0["video"], b1["video"])
+
+
+def test_eval_pads_so_hosts_run_the_same_number_of_batches(data_dir):
+  cfg = make_config(data_dir)
+  eval_input = dict(batch_size=4, pp="sample_multiclip(2, 3)|three_crop(8)|normalize(-1, 1)|label|"
+                                     "keep('video', 'label', 'filename')")
+  seen, lengths = [], []
+  for host in range(2):
+    ev = pipeline.make_eval_iterator(cfg, eval_input, process_index=host, process_count=2)
+    batches = list(ev)
+    assert len(batches) == len(ev) == 6  # host 0 reads 2 files (12 records) = 6 batches of 2
+    lengths.append(sum(int(b["_mask"].sum()) for b in batches))
+    for b in batches:
+      assert b["video"].shape == (2, 6, 3, 8, 8, 3) and b["_mask"].dtype == np.float32
+      seen += [f for f, m in zip(b["filename"], b["_mask"]) if m]
+      assert np.all(b["video"][b["_mask"] == 0] == 0)
+    assert list(ev)[0]["label"].tolist() == batches[0]["label"].tolist()  # re-iterable, same order
+  assert lengths == [12, 6] and len(seen) == 18 and len(set((f, l) for f, l in zip(seen, range(18)))) == 18
+
+
+def test_batch_pp_mixup(data_dir):
+  cfg = make_config(data_dir, batch_pp="mixup(alpha=5.0)")
+  b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
+  np.testing.assert_allclose(b["labels"].sum(-1), 1.0, rtol=1e-5)
+  assert b["mixup_lam"].shape == (4,) and 0 < b["mixup_lam"][0] < 1
+
+
+def test_default_pp_from_config_fields(data_dir):
+  cfg = make_config(data_dir, pp=None, num_frames=4, fps=5.0, crop_size=16, audio_samples=400, num_captions=2,
+                    max_text_len=6, num_classes=5)
+  spec = pipeline.default_pp(pipeline.input_config(cfg), train=True)
+  assert spec.startswith("sample_clip(4, fps=5.0, audio_samples=400)|random_resized_crop(16)|flip|color_jitter")
+  b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
+  assert b["video"].shape == (4, 4, 16, 16, 3) and b["text"].shape == (4, 2, 6) and b["labels"].shape == (4, 5)
+  assert b["audio"].shape == (4, 400)
