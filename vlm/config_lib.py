@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from typing import Any
 
 import ml_collections
@@ -98,6 +99,8 @@ def load_config(spec: str) -> ConfigDict:
   name = "vlm_config_" + os.path.splitext(os.path.basename(path))[0]
   module_spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(module_spec)
+  # Registered before running so dataclasses / annotations inside the config module resolve.
+  sys.modules[name] = module
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise AttributeError(f"Config file {path!r} has no get_config(arg) function.")
