@@ -80,17 +80,21 @@ class Evaluator:
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
     """Embeds the whole test split and returns the retrieval metrics."""
-    from vlm.data import pipeline
-    from vlm.parallel import multihost
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
+    from vlm.parallel import multihost, partitioning  # pylint: disable=g-import-not-at-top
+    sharding = partitioning.batch_sharding(self.mesh)
     start = time.time()
     it = pipeline.make_eval_iterator(self.config, self.eval_cfg.input,
                                      process_index=jax.process_index(), process_count=jax.process_count())
     vids, txts = [], []
     for batch in it:
       keep = ("video", "text", "text_mask", "_mask")
-      g = multihost.host_batch_to_global({k: batch[k] for k in keep}, self.mesh)
+      g = multihost.global_batch({k: batch[k] for k in keep}, sharding)
       vid, txt = self._embed(variables, g["video"], g["text"], g["text_mask"])
-      vid, txt, mask = multihost.global_to_host((vid, txt, g["_mask"]))
+      # Every process gathers the whole batch: ranking needs the full gallery on each host.
+      vid, txt, mask = (np.asarray(a) for a in multihost_utils.process_allgather((vid, txt, g["_mask"]),
+                                                                                  tiled=True))
       vids.append(vid[mask > 0])
       txts.append(txt[mask > 0])
     vid = np.concatenate(vids)

@@ -1,0 +1,169 @@
+r"""Time the jitted train step of a config and report its model-FLOP utilisation (MFU) in one run.
+
+  python -m vlm.tools.bench --config=configs/vatt/pretrain.py:BBS --config.input.batch_size=4 [--json]
+  python -m vlm.tools.bench --config=configs/vatt/pretrain.py:BBS --objective=video_tower   # one tower only
+
+Steps:
+  1. peak: the median FLOP/s of a large matmul measured now, on this device (2048^2 float32 on CPU, 8192^2
+     bfloat16 on accelerators, or --peak_dtype / --peak_n);
+  2. the train step (forward + backward + optimizer update, the trainer's own jitted step with its shardings and
+     donated state) on a synthetic batch of `config.input.batch_size`, compiled, warmed up, then timed
+     `--steps` times (median, at least 5);
+  3. model FLOPs of one step from XLA's cost analysis of the compiled step;
+  4. examples/s, achieved FLOP/s = FLOPs / median time, and MFU = achieved / peak.
+
+`--objective=NAME` times a partial objective the task exposes in `task.bench_objectives()` (e.g. VATT's
+`video_tower`: the video transformer alone, trained through a stand-in loss) instead of the full loss.
+No data pipeline runs: inputs are random arrays with the task's `dummy_batch` shapes.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.",
+                                          lock_config=True)
+_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
+_STEPS = flags.DEFINE_integer("steps", 7, "Timed steps after compilation and warm-up (median reported; >= 5).")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_OBJECTIVE = flags.DEFINE_string("objective", None, "A partial objective from task.bench_objectives().")
+_PEAK_N = flags.DEFINE_integer("peak_n", 0, "Matmul size for the peak (0: 2048 on CPU, 8192 elsewhere).")
+_PEAK_DTYPE = flags.DEFINE_string("peak_dtype", "", "Matmul dtype for the peak ('' : float32 on CPU, else bf16).")
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def measure_matmul_peak(n: int = 0, dtype: str = "", repeats: int = 10) -> dict[str, Any]:
+  """Median FLOP/s of an n x n x n matmul on the default device (the MFU denominator, measured, not quoted)."""
+  cpu = jax.default_backend() == "cpu"
+  n = n or (2048 if cpu else 8192)
+  dtype = dtype or ("float32" if cpu else "bfloat16")
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), dtype)
+  b = jax.random.normal(kb, (n, n), dtype)
+  matmul = jax.jit(lambda x, y: x @ y)
+  jax.block_until_ready(matmul(a, b))
+  for _ in range(2):
+    jax.block_until_ready(matmul(a, b))
+  med, _ = _median_seconds(lambda: matmul(a, b), repeats)
+  return {"peak_flops_per_s": 2.0 * n ** 3 / med, "peak_matmul": f"{n}^3 {dtype}", "peak_seconds": med}
+
+
+def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """`task.dummy_batch` shapes filled with plausible values: floats in [-1, 1], masks 1, ids in [1, 100)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for key, value in task.dummy_batch(batch_size).items():
+    value = np.asarray(value)
+    if value.dtype.kind not in "biuf":
+      continue
+    if "mask" in key:
+      out[key] = np.ones_like(value)
+    elif value.dtype.kind == "f":
+      out[key] = rng.uniform(-1, 1, value.shape).astype(value.dtype)
+    else:
+      out[key] = rng.integers(1, 100, value.shape).astype(value.dtype)
+  return out
+
+
+class _ObjectiveTask:
+  """Wraps a task so that `loss_fn` is one of its partial benchmark objectives."""
+
+  def __init__(self, task, name: str):
+    objectives = task.bench_objectives() if hasattr(task, "bench_objectives") else {}
+    if name not in objectives:
+      raise ValueError(f"--objective={name!r}: the task offers {sorted(objectives) or 'none'}.")
+    self._task, self._fn = task, objectives[name]
+
+  def __getattr__(self, attr):
+    return getattr(self._task, attr)
+
+  def loss_fn(self, params, model_state, batch, rng, *, train):
+    return self._fn(params, model_state, batch, rng, train=train)
+
+
+def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = None, peak_n: int = 0,
+          peak_dtype: str = "") -> dict[str, Any]:
+  """Measures the peak, then the train step; returns every figure (see the module docstring)."""
+  from vlm.parallel import multihost  # pylint: disable=g-import-not-at-top
+  from vlm.tools import inspect as inspect_lib  # pylint: disable=g-import-not-at-top
+  from vlm.train import step as step_lib  # pylint: disable=g-import-not-at-top
+  from vlm.train import trainer  # pylint: disable=g-import-not-at-top
+  if steps < 5:
+    raise ValueError(f"--steps={steps}: at least 5 timed steps are needed for a meaningful median.")
+  peak = measure_matmul_peak(peak_n, peak_dtype)
+  setup = trainer.setup_mesh(config)
+  task = trainer.build_task(config)
+  if objective:
+    task = _ObjectiveTask(task, objective)
+  spec = trainer.build_state_spec(config, task, setup, int(config.get("total_steps", 1) or 1))
+  batch_size = int(config.input.batch_size)
+  batch = multihost.global_batch(synthetic_batch(task, batch_size // jax.process_count()), setup.batch_sharding)
+  with setup.context():
+    state = spec.init()
+    train_step = step_lib.make_train_step(task, spec.tx, spec.schedule, int(config.get("seed", 0)))
+    jitted = step_lib.jit_train_step(train_step, spec.shardings, setup.batch_sharding, setup.mesh)
+    start = time.perf_counter()
+    compiled = jitted.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    flops = inspect_lib.cost_flops(compiled)
+    holder = {"state": state}
+
+    def run():
+      holder["state"], metrics = compiled(holder["state"], batch)
+      return metrics
+
+    for _ in range(warmup):
+      jax.block_until_ready(run())
+    med, times = _median_seconds(run, steps)
+  achieved = flops / med
+  return {
+      "config": f"{config.model.get('name', '?')} / {objective or config.task.get('name', '?')}",
+      "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
+      "batch_size": batch_size,
+      "compile_seconds": compile_s,
+      "step_seconds_median": med,
+      "step_seconds_all": times,
+      "examples_per_s": batch_size / med,
+      "model_flops_per_step": flops,
+      "achieved_flops_per_s": achieved,
+      **peak,
+      "mfu": achieved / peak["peak_flops_per_s"],
+  }
+
+
+def main(argv):
+  del argv
+  report = bench(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, objective=_OBJECTIVE.value,
+                 peak_n=_PEAK_N.value, peak_dtype=_PEAK_DTYPE.value)
+  if _JSON.value:
+    json.dump(report, sys.stdout, indent=1)
+    print()
+    return
+  print(f"== {report['config']} on {report['device']}, batch {report['batch_size']}")
+  print(f"compile {report['compile_seconds']:.1f}s; step median {report['step_seconds_median'] * 1e3:.1f} ms "
+        f"over {len(report['step_seconds_all'])} steps -> {report['examples_per_s']:.2f} examples/s")
+  print(f"model FLOPs per step (XLA cost analysis): {report['model_flops_per_step'] / 1e9:.2f} GFLOP")
+  print(f"achieved {report['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak ({report['peak_matmul']} matmul, "
+        f"measured now) {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s; MFU {report['mfu']:.3f}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)
