@@ -14,6 +14,8 @@ from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
 from vlm.data import records  # pylint: disable=g-import-not-at-top
 from vlm.data import sources  # pylint: disable=g-import-not-at-top
 
+# Iteration mechanics need no text ops: a lighter spec builds faster.
+LIGHT_PP = "sample_clip(4, stride=2)|random_resized_crop(8)|flip|label|keep('video', 'label', 'frame_index')"
 TRAIN_PP = ("sample_clip(4, stride=2, audio_samples=800)|random_resized_crop(16)|flip|color_jitter|"
             "normalize(-1, 1)|audio_noise|sample_captions(2)|tokenize(5)|label|onehot(5)|"
             "keep('video', 'audio', 'audio_mask', 'text', 'text_mask', 'label', 'labels', 'frame_index')")
@@ -57,7 +59,7 @@ def test_batch_keys_shapes_and_dtypes(data_dir):
 
 
 def test_same_seed_same_batches_and_exact_resume(data_dir):
-  cfg = make_config(data_dir)
+  cfg = make_config(data_dir, pp=LIGHT_PP)
   ref = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
   # 18 records / 4 per batch: batches 4 and 5 straddle the epoch boundary.
   expected = [next(ref) for _ in range(7)]
@@ -154,9 +156,9 @@ def test_host_split_and_batch_errors(data_dir):
   with pytest.raises(ValueError, match="5 record files cannot be split over 8 hosts"):
     sources.host_files(files, 0, 8)
   with pytest.raises(ValueError, match="Global batch size 4 is not divisible by the process count 3"):
-    pipeline.make_train_iterator(make_config(data_dir), process_index=0, process_count=3)
+    pipeline.make_train_iterator(make_config(data_dir, pp=LIGHT_PP), process_index=0, process_count=3)
   # Two hosts read disjoint files and draw different augmentations.
-  cfg = make_config(data_dir, batch_size=4, shuffle_buffer=1)
+  cfg = make_config(data_dir, batch_size=4, shuffle_buffer=1, pp=LIGHT_PP)
   b0 = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=2))
   b1 = next(pipeline.make_train_iterator(cfg, process_index=1, process_count=2))
   assert b0["video"].shape[0] == b1["video"].shape[0] == 2
@@ -182,7 +184,8 @@ def test_eval_pads_so_hosts_run_the_same_number_of_batches(data_dir):
 
 
 def test_batch_pp_mixup(data_dir):
-  cfg = make_config(data_dir, batch_pp="mixup(alpha=5.0)")
+  cfg = make_config(data_dir, batch_pp="mixup(alpha=5.0)", pp="sample_clip(2)|center_crop(8)|onehot(5)|"
+                    "keep('video', 'labels')")
   b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
   np.testing.assert_allclose(b["labels"].sum(-1), 1.0, rtol=1e-5)
   assert b["mixup_lam"].shape == (4,) and 0 < b["mixup_lam"][0] < 1
@@ -196,3 +199,58 @@ def test_default_pp_from_config_fields(data_dir):
   b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
   assert b["video"].shape == (4, 4, 16, 16, 3) and b["text"].shape == (4, 2, 6) and b["labels"].shape == (4, 5)
   assert b["audio"].shape == (4, 400)
+
+
+def test_cache_keeps_records_in_memory_after_the_first_epoch(data_dir, tmp_path):
+  for f in data_dir.glob("train-*.tfrecord"):
+    (tmp_path / f.name).write_bytes(f.read_bytes())
+  cfg = make_config(data_dir, cache=True, shuffle_buffer=18, pp="sample_clip(2)|center_crop(8)|label|"
+                    "keep('video', 'label')", data=dict(name="records", files=str(tmp_path / "train-*.tfrecord")))
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  first = [next(it)["label"] for _ in range(6)]  # past the end of epoch 0: the cache is complete
+  for f in tmp_path.glob("train-*.tfrecord"):
+    f.unlink()
+  epoch_labels = np.concatenate(first + [next(it)["label"] for _ in range(8)])
+  assert it.get_state()["epoch"] == 3
+  # Every epoch is a permutation of the 18 records (labels i % 5 of 6 records per file).
+  np.testing.assert_array_equal(np.sort(epoch_labels[18:36]), np.sort(epoch_labels[:18]))
+
+
+def test_builtin_source_with_default_pp(tmp_path):
+  builtin = pytest.importorskip("vlm.data.builtin")
+  options = dict(data_dir=str(tmp_path), num_train=8, num_test=4, num_images=2, num_frames=8, size=32,
+                 num_shards=2, sample_rate=8000, episode_len=2)
+  ds = builtin.ensure_builtin(**options)
+  cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
+      data=dict(name="builtin", split="train", options=options), batch_size=4, num_frames=4, fps=5.0,
+      crop_size=16, max_text_len=8, num_captions=2, audio_samples=6400, eager_check=1)))
+  b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=2))
+  assert b["video"].shape == (2, 4, 16, 16, 3) and b["audio"].shape == (2, 6400)
+  assert b["text"].shape == (2, 2, 8) and b["text_mask"][:, 0].sum() > 0  # the dataset's own vocab
+  assert b["labels"].shape == (2, len(ds.class_names))
+  assert np.all(b["audio_mask"] == 1) and np.abs(b["audio"]).max() > 0
+
+
+def test_tfds_source_adapter_jpeg_free_path(monkeypatch):
+  from vlm.data import tfds_builder  # pylint: disable=g-import-not-at-top
+  frames = (np.arange(10)[:, None, None, None] * np.ones([10, 12, 14, 3])).astype(np.uint8)
+  calls = []
+
+  def fake_load(name, split, *, data_dir=None, **kw):
+    calls.append((name, str(split), data_dir, kw))
+    ex = {"frames": frames, "label": np.int32(3), "audio": np.zeros([100], np.float32)}
+    return tf.data.Dataset.from_tensors(ex).repeat(5)
+
+  monkeypatch.setattr(tfds_builder, "load_tfds_video", fake_load)
+  cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
+      data=dict(name="tfds", dataset="fake_video", split="train", data_dir="/x", options=dict(download=False)),
+      batch_size=2, shuffle_buffer=4, pp="sample_clip(4, stride=2)|random_resized_crop(8)|label|onehot(5)|"
+      "keep('video', 'label', 'labels', 'audio_mask', 'frame_index')")))
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  b = next(it)
+  assert b["video"].shape == (2, 4, 8, 8, 3) and b["label"].tolist() == [3, 3]
+  np.testing.assert_allclose(b["video"][:, :, 0, 0, 0] * 255, b["frame_index"], atol=1e-3)
+  assert calls[0][:3] == ("fake_video", "train", "/x") and calls[0][3] == {"download": False}
+  ev = pipeline.make_eval_iterator(cfg, dict(pp="sample_clip(4, random=False)|center_crop(8)|label|"
+                                             "keep('video', 'label')"), process_index=0, process_count=1)
+  assert len(ev) == 3 and sum(int(x["_mask"].sum()) for x in ev) == 5

@@ -66,6 +66,8 @@ from vlm.data import pp as pp_lib
 from vlm.data import sources as sources_lib
 
 _PRIVATE = ("_seed", "_epoch", "_pos", "_skipped")
+# Every tf.data function here is plain TF (no Python control flow on tensors): skip AutoGraph, it only costs time.
+_no_autograph = tf.autograph.experimental.do_not_convert
 _BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (batch-level ops)
 
 DEFAULTS: dict[str, Any] = dict(
@@ -107,8 +109,15 @@ def host_batch_size(batch_size: int, process_count: int) -> int:
   return batch_size // process_count
 
 
-def default_pp(inp: Mapping[str, Any], *, train: bool) -> str:
-  """The pp spec used when `input.pp` is not set: VATT-style clip, crop, augmentation, text and labels."""
+def default_pp(inp: Mapping[str, Any], *, train: bool, text: bool | None = None, num_classes: int | None = None
+               ) -> str:
+  """The pp spec used when `input.pp` is not set: VATT-style clip, crop, augmentation, text and labels.
+
+  Text ops are added when `text` (default: a tokenizer is configured) and `max_text_len` > 0; label ops when
+  `num_classes` (default: `input.num_classes`) > 0.
+  """
+  text = inp.get("tokenizer") is not None if text is None else text
+  num_classes = inp.get("num_classes") or 0 if num_classes is None else num_classes
   f, crop = inp["num_frames"], inp["crop_size"]
   timing = f"fps={inp['fps']}" if inp.get("fps") else f"stride={inp['stride']}"
   audio = inp.get("audio_samples") or 0
@@ -119,11 +128,11 @@ def default_pp(inp: Mapping[str, Any], *, train: bool) -> str:
   else:
     ops = [f"sample_clip({f}, {timing}, random=False, audio_samples={audio})", f"center_crop({crop})",
            "normalize(-1, 1)"]
-  if inp.get("max_text_len") and inp.get("tokenizer") is not None:
+  if inp.get("max_text_len") and text:
     ops += [f"sample_captions({inp['num_captions']}, random={train})", f"tokenize({inp['max_text_len']})"]
     keep += ["text", "text_mask"]
-  if inp.get("num_classes"):
-    ops += ["label", f"onehot({inp['num_classes']})"]
+  if num_classes:
+    ops += ["label", f"onehot({num_classes})"]
     keep += ["label", "labels"]
   ops.append("keep(" + ", ".join(repr(k) for k in keep) + ")")
   return "|".join(ops)
@@ -171,8 +180,10 @@ class _Builder:
     self.batch = host_batch_size(int(inp["batch_size"]), process_count)
     self.source = sources_lib.get_source(inp["data"])
     self.extra_context = _to_dict(inp.get("extra_context"))
-    spec = inp.get("pp") or default_pp(inp, train=train)
-    self.pp = pp_lib.build(spec, defaults=op_defaults(inp, self.source), modules=inp.get("pp_modules") or ())
+    defaults = op_defaults(inp, self.source)
+    spec = inp.get("pp") or default_pp(inp, train=train, text="tokenize" in defaults,
+                                       num_classes=defaults.get("onehot", {}).get("num_classes", 0))
+    self.pp = pp_lib.build(spec, defaults=defaults, modules=inp.get("pp_modules") or ())
     self.batch_pp = pp_lib.build(inp.get("batch_pp") or None, modules=inp.get("pp_modules") or ())
     self.is_records = self.source.load_examples is None
     self.files = (sources_lib.host_files(self.source.files, process_index, process_count)
@@ -225,13 +236,14 @@ class _Builder:
     par = int(self.inp["num_parallel_calls"])
     par = tf.data.AUTOTUNE if par < 0 else par
     if not self.inp["skip_errors"]:
-      return ds.map(lambda e: {**self.process(e), "_skipped": tf.constant(0, tf.int64)},
+      return ds.map(_no_autograph(lambda e: {**self.process(e), "_skipped": tf.constant(0, tf.int64)}),
                     num_parallel_calls=par, deterministic=True)
     spec_holder = {}
 
+    @_no_autograph
     def safe(elem):
       # One-element dataset per record: ignore_errors drops it on any error, the placeholder then fills in.
-      inner = tf.data.Dataset.from_tensors(elem).map(self.process).ignore_errors()
+      inner = tf.data.Dataset.from_tensors(elem).map(_no_autograph(self.process)).ignore_errors()
       spec_holder["spec"] = inner.element_spec
       # Zero-size placeholders (every dim 0) cost nothing to build, unlike a full-size zero clip per record;
       # the real static shapes are restored after the filter.
@@ -241,16 +253,19 @@ class _Builder:
 
     ds = ds.interleave(safe, cycle_length=par, block_length=1, num_parallel_calls=par, deterministic=True)
 
+    @_no_autograph
     def count(n_bad, elem):
       d, valid = elem
       d = dict(d)
       d["_skipped"] = tf.where(valid, n_bad, tf.constant(0, tf.int64))
       return tf.where(valid, tf.constant(0, tf.int64), n_bad + 1), (d, valid)
 
+    @_no_autograph
     def is_valid(d, valid):
       del d
       return valid
 
+    @_no_autograph
     def drop_flag(d, valid):
       del valid
       return d
@@ -258,7 +273,8 @@ class _Builder:
     ds = ds.scan(tf.constant(0, tf.int64), count).filter(is_valid).map(drop_flag)
     # The placeholder's zero-size dims made the element shapes unknown: restore the real static shapes.
     spec = spec_holder["spec"]
-    return ds.map(lambda d: {k: (tf.ensure_shape(v, spec[k].shape) if k in spec else v) for k, v in d.items()})
+    return ds.map(_no_autograph(
+        lambda d: {k: (tf.ensure_shape(v, spec[k].shape) if k in spec else v) for k, v in d.items()}))
 
   # -- record streams ---------------------------------------------------------------------------------------------
 
@@ -285,6 +301,7 @@ class _Builder:
     elif not self.is_records:
       fixed = self._payloads()
 
+    @_no_autograph
     def epoch_stream(epoch):
       eseed = tf.random.experimental.stateless_fold_in(self.host_seed, epoch)
       if fixed is not None:
@@ -301,7 +318,7 @@ class _Builder:
 
   def finish_train(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     ds = self._processed(ds).batch(self.batch, drop_remainder=True)
-    ds = ds.map(self._batch_ops)
+    ds = ds.map(_no_autograph(self._batch_ops))
     return ds.prefetch(int(self.inp["prefetch"])).with_options(self.options)
 
   def _batch_ops(self, batch):

@@ -172,6 +172,9 @@ def build(pp: str | Sequence | None, *, defaults: Mapping[str, Mapping[str, Any]
       data[SEED_KEY] = base
     return data
 
+  # Ops use explicit tf.cond / tf.switch_case, so AutoGraph has nothing to convert; skipping it makes building
+  # tf.data pipelines noticeably faster.
+  fn = tf.autograph.experimental.do_not_convert(fn)
   fn.ops = [n for n, _ in ops]
   return fn
 

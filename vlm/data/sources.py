@@ -8,7 +8,8 @@ Sources
              {split: glob}; `data.split` picks from the dict.
   'tfds'     a TFDS video dataset via `vlm.data.tfds_builder.load_tfds_video(data.dataset, split=...,
              data_dir=data.data_dir, **data.options)`: decoded frames (`frames` uint8 [N, H, W, 3], the JPEG-free
-             path); examples are split per host with `tfds.even_splits`.
+             path); examples are split per host with `tfds.even_splits`. TFDS examples carry no frame rate:
+             set `input.default_fps` to the dataset's. Resuming skips decoded examples (slower than records).
   'a.b.c'    a dotted module path: `importlib.import_module('a.b.c').make_source(data_config)` returns a `Source`.
 
 Record shards are split per host: host i of n takes files i::n (an error names both counts when there are fewer
@@ -147,9 +148,14 @@ def from_tfds_example(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
       audio = tf.reduce_mean(audio, axis=-1)
     out["audio"] = tf.reshape(audio, [-1])
     out["audio_mask"] = tf.cast(tf.size(out["audio"]) > 0, tf.float32)
-  label = ex.pop("label_index", ex.pop("label", None))
-  out["label_index"] = (tf.zeros([0], tf.int32) if label is None
-                        else tf.reshape(tf.cast(label, tf.int32), [-1]))
+  # `label_index` (all labels) wins over `label` (one label, -1 when the example has none).
+  label = ex.pop("label", None)
+  label_index = ex.pop("label_index", None)
+  if label_index is None and label is not None:
+    label_index = tf.reshape(tf.cast(label, tf.int32), [-1])
+    label_index = tf.boolean_mask(label_index, label_index >= 0)
+  out["label_index"] = (tf.zeros([0], tf.int32) if label_index is None
+                        else tf.reshape(tf.cast(label_index, tf.int32), [-1]))
   caps = ex.pop("captions", ex.pop("caption", None))
   out["captions"] = tf.zeros([0], tf.string) if caps is None else tf.reshape(caps, [-1])
   out["fps"] = tf.cast(ex.pop("fps", 0.0), tf.float32)
