@@ -1,0 +1,92 @@
+"""Attention kernels, the dispatch point and T5 relative position buckets."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm.nn import attention
+
+
+def _qkv(b=2, t=5, h=3, k=8, seed=0):
+  rng = np.random.default_rng(seed)  # numpy inputs: no PRNG kernels to compile
+  return [jnp.asarray(rng.normal(size=(b, t, h, k)), jnp.float32) for _ in range(3)]
+
+
+def _numpy_attention(q, k, v, mask, bias):
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  logits = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1]) + np.asarray(bias, np.float64)
+  logits = np.where(np.asarray(mask)[:, None, None, :], logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  return np.einsum("bhts,bshd->bthd", w, v)
+
+
+def test_dense_matches_numpy_with_mask_and_bias():
+  q, k, v = _qkv()
+  mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  bias = jnp.asarray(np.random.default_rng(3).normal(size=(1, 3, 5, 5)), jnp.float32)
+  want = _numpy_attention(q, k, v, mask, bias)
+  both = jax.jit(lambda *a: (attention.dense_attention(*a, mask=mask, bias=bias),
+                             attention.explicit_attention(*a, mask=mask, bias=bias)))
+  fused, explicit = both(q, k, v)
+  np.testing.assert_allclose(fused, want, atol=1e-5)
+  np.testing.assert_allclose(explicit, want, atol=1e-5)
+
+
+def test_attention_dropout_only_in_training():
+  q, k, v = _qkv()
+  rng = jax.random.PRNGKey(1)
+  run = jax.jit(lambda q, k, v: (
+      attention.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=True),
+      attention.dense_attention(q, k, v),
+      attention.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=False)))
+  det, plain, noisy = run(q, k, v)
+  np.testing.assert_allclose(det, plain, atol=1e-6)
+  assert not np.allclose(noisy, det)
+  with pytest.raises(ValueError, match="dropout_rng"):
+    attention.dense_attention(q, k, v, dropout_rate=0.5, deterministic=False)
+
+
+def test_dispatch_point():
+  assert attention.get_attention_fn("dense") is attention.dense_attention
+  with pytest.raises(ValueError, match="Unknown attention 'nope'"):
+    attention.get_attention_fn("nope")
+  with pytest.raises(ValueError, match="already registered"):
+    attention.register_attention("dense")(attention.dense_attention)
+
+
+def test_mha_ignores_padded_keys_and_names_axes():
+  mha = attention.MultiHeadAttention(num_heads=2, head_dim=4)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 8)), jnp.float32)
+  mask = jnp.array([[1, 1, 0, 0]])
+  variables = jax.jit(lambda r: mha.init(r, x, mask=mask))(jax.random.PRNGKey(1))
+  apply = jax.jit(lambda x: mha.apply(variables, x, mask=mask))
+  y1 = apply(x)
+  y2 = apply(x.at[:, 2:].set(100.0))  # change only the padding
+  np.testing.assert_allclose(y1[:, :2], y2[:, :2], atol=1e-5)
+  names = nn.get_partition_spec(variables)["params"]
+  assert tuple(names["query"]["kernel"]) == ("embed", "heads", "kv")
+  assert tuple(names["out"]["kernel"]) == ("heads", "kv", "embed")
+
+
+def test_relative_position_buckets_match_t5():
+  rel = np.arange(-100, 101)  # key - query
+  b = attention.relative_position_bucket(rel, num_buckets=32, max_distance=64)
+  at = lambda r: int(b[r + 100])
+  # Keys at or before the query use buckets 0..15, keys after it 16..31; distances 0..7 are exact.
+  assert [at(-d) for d in range(8)] == list(range(8))
+  assert [at(d) for d in range(1, 8)] == list(range(17, 24))
+  # Beyond: 8 + int(log(d / 8) / log(64 / 8) * 8), capped at 15 (T5's formula).
+  assert (at(-8), at(-16), at(-32), at(-63), at(-64), at(-100)) == (8, 10, 13, 15, 15, 15)
+  assert (at(16), at(100)) == (26, 31)
+  assert np.all(np.diff(b[:101]) <= 0) and np.all(np.diff(b[101:]) >= 0)  # monotone in distance
+
+
+def test_relative_position_bias_shape():
+  mod = attention.RelativePositionBias(num_heads=3)
+  variables = jax.jit(lambda r: mod.init(r, 7))(jax.random.PRNGKey(0))
+  out = jax.jit(lambda v: mod.apply(v, 7))(variables)
+  assert out.shape == (1, 3, 7, 7)
+  # Toeplitz: the bias depends on key - query only.
+  np.testing.assert_allclose(out[0, :, 1:, 1:], out[0, :, :-1, :-1])

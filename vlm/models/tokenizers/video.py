@@ -1,0 +1,47 @@
+"""Video tubelet tokenizer (VATT "voxel to patch", section 3.1)."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm.nn import logical as ax
+
+
+class TubeletEmbed(nn.Module):
+  """Non-overlapping t x h x w tubelets, linearly projected: a Conv3D with kernel = stride.
+
+  VATT uses 4x16x16 tubelets (appendix B.1), so 32x224x224 frames give an 8x14x14 grid of tokens.
+
+  Attributes:
+    hidden_size: token width D.
+    patch_size: (t, h, w) tubelet size.
+    dtype: computation dtype.
+  """
+  hidden_size: int
+  patch_size: tuple[int, int, int] = (4, 16, 16)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Tokenizes frames.
+
+    Args:
+      video: [B, F, H, W, C] frames (VATT: values in [-1, 1]).
+      train: unused (tokenizer contract).
+
+    Returns:
+      (tokens [B, N, D] in row-major (t, h, w) order, aux) with aux['grid'] = (t, h, w), N = t * h * w.
+      Frames / pixels beyond a whole tubelet are dropped (VALID convolution).
+    """
+    del train
+    x = nn.Conv(self.hidden_size, kernel_size=self.patch_size, strides=self.patch_size, padding="VALID",
+                dtype=self.dtype, name="conv",
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.xavier_uniform(),
+                    (ax.CONV_TIME, ax.CONV_HEIGHT, ax.CONV_WIDTH, ax.CONV_IN, ax.EMBED)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(video)
+    b, t, h, w, d = x.shape
+    return x.reshape(b, t * h * w, d), {"grid": (t, h, w)}

@@ -1,0 +1,206 @@
+"""Multi-head self-attention with a pluggable attention kernel, and T5 relative position biases.
+
+The kernel is chosen by name (`MultiHeadAttention.attention`), so a family can swap the dense kernel for a
+sparse one without touching the layer:
+
+  'dense'   `dense_attention`: `jax.nn.dot_product_attention` (XLA everywhere; cuDNN flash kernels on GPUs
+            where it applies), or an explicit einsum softmax when attention-probability dropout is active.
+
+A new kernel registers itself with `@register_attention('name')` and takes the same arguments as
+`dense_attention` (plus its own keyword options, passed through `MultiHeadAttention.attention_kwargs`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm.nn import logical as ax
+
+AttentionFn = Callable[..., jax.Array]
+_ATTENTION_FNS: dict[str, AttentionFn] = {}
+
+
+def register_attention(name: str) -> Callable[[AttentionFn], AttentionFn]:
+  """Decorator registering an attention kernel under `name`."""
+  def wrap(fn: AttentionFn) -> AttentionFn:
+    if name in _ATTENTION_FNS:
+      raise ValueError(f"Attention kernel {name!r} is already registered.")
+    _ATTENTION_FNS[name] = fn
+    return fn
+  return wrap
+
+
+def get_attention_fn(name: str) -> AttentionFn:
+  """Returns the attention kernel registered as `name`."""
+  if name not in _ATTENTION_FNS:
+    raise ValueError(f"Unknown attention {name!r}; registered: {sorted(_ATTENTION_FNS)}.")
+  return _ATTENTION_FNS[name]
+
+
+def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None,
+                       deterministic=True):
+  """Softmax attention written out (reference; the path used when attention dropout is active).
+
+  Same arguments and result as `dense_attention`. Logits are scaled by d_kv**-0.5; the softmax runs in float32.
+  """
+  scale = query.shape[-1] ** -0.5
+  logits = jnp.einsum("bthd,bshd->bhts", query, key, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if not deterministic and dropout_rate > 0.0:
+    if dropout_rng is None:
+      raise ValueError("Attention dropout needs dropout_rng.")
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhts,bshd->bthd", weights.astype(value.dtype), value)
+
+
+@register_attention("dense")
+def dense_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                    bias: jax.Array | None = None, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                    deterministic: bool = True) -> jax.Array:
+  """Dense softmax attention.
+
+  Args:
+    query: [B, T, H, K] queries.
+    key: [B, S, H, K] keys.
+    value: [B, S, H, K] values.
+    mask: optional [B, S] bool key-padding mask, True where a key may be attended to.
+    bias: optional additive logit bias broadcastable to [B, H, T, S] (e.g. relative positions [1, H, T, S]).
+    dropout_rate: dropout on the attention probabilities (VATT applies 0.1 in training).
+    dropout_rng: key for that dropout; needed only when it is active.
+    deterministic: True disables dropout.
+
+  Returns:
+    [B, T, H, K] attended values.
+  """
+  if not deterministic and dropout_rate > 0.0:
+    # The fused kernel has no dropout on the probabilities; VATT's release applies it, so write it out.
+    return explicit_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
+                              dropout_rng=dropout_rng, deterministic=False)
+  if bias is not None:
+    bias = bias.astype(query.dtype)
+  if mask is not None:
+    mask = mask[:, None, None, :]
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head self-attention: q/k/v projections, a registered kernel, output projection.
+
+  Attributes:
+    num_heads: number of heads H.
+    head_dim: features per head K (VATT d_kv = 64).
+    dropout_rate: dropout on the attention probabilities (training only).
+    use_bias: biases on the q/k/v/out projections.
+    attention: name of the registered kernel ('dense').
+    attention_kwargs: extra keyword options for that kernel.
+    dtype: computation dtype.
+  """
+  num_heads: int
+  head_dim: int = 64
+  dropout_rate: float = 0.0
+  use_bias: bool = True
+  attention: str = "dense"
+  attention_kwargs: Mapping[str, Any] | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, bias: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    """Self-attention over x.
+
+    Args:
+      x: [B, N, D] inputs.
+      mask: optional [B, N] key-padding mask (nonzero = valid token).
+      bias: optional logit bias broadcastable to [B, H, N, N].
+      train: enables dropout (and whatever randomness the kernel uses).
+
+    Returns:
+      [B, N, D].
+    """
+    d = x.shape[-1]
+    init = nn.initializers.xavier_uniform()
+
+    def proj(name):
+      return nn.DenseGeneral(
+          (self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype, name=name,
+          kernel_init=nn.with_logical_partitioning(init, (ax.EMBED, ax.HEADS, ax.KV)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.HEADS, ax.KV)))(x)
+
+    q, k, v = proj("query"), proj("key"), proj("value")  # [B, N, H, K] each
+    rng = self.make_rng("dropout") if train and self.has_rng("dropout") else None
+    fn = get_attention_fn(self.attention)
+    out = fn(q, k, v, mask=None if mask is None else mask.astype(bool), bias=bias,
+             dropout_rate=self.dropout_rate, dropout_rng=rng, deterministic=not train,
+             **dict(self.attention_kwargs or {}))
+    return nn.DenseGeneral(
+        d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
+        kernel_init=nn.with_logical_partitioning(init, (ax.HEADS, ax.KV, ax.EMBED)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(out)
+
+
+def relative_position_bucket(relative_position: np.ndarray, *, num_buckets: int = 32, max_distance: int = 64,
+                             bidirectional: bool = True) -> np.ndarray:
+  """T5's bucketing of relative positions (key - query), as used by VATT's text Transformer.
+
+  Half the buckets (per direction when bidirectional) hold exact distances 0..max_exact-1; the rest cover
+  distances up to `max_distance` logarithmically; farther distances share the last bucket.
+
+  Args:
+    relative_position: int array of key_position - query_position.
+    num_buckets: total number of buckets (VATT: 32).
+    max_distance: distance at which the last bucket starts (VATT: 64).
+    bidirectional: separate buckets for keys before and after the query.
+
+  Returns:
+    int32 array of bucket ids in [0, num_buckets), same shape.
+  """
+  n = -np.asarray(relative_position, np.int64)
+  ret = np.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    ret += (n < 0).astype(np.int64) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  large = max_exact + (np.log(np.maximum(n, 1) / max_exact) / np.log(max_distance / max_exact)
+                       * (num_buckets - max_exact)).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return (ret + np.where(n < max_exact, n, large)).astype(np.int32)
+
+
+def _keras_uniform(key, shape, dtype=jnp.float32):
+  """U(-0.05, 0.05): the Keras Embedding default the release's relative-bias table is created with."""
+  return jax.random.uniform(key, shape, dtype, -0.05, 0.05)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned per-head bias for each relative-position bucket (T5 / VATT text Transformer).
+
+  Attributes:
+    num_heads: H.
+    num_buckets: number of buckets (32).
+    max_distance: see `relative_position_bucket` (64).
+  """
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 64
+
+  @nn.compact
+  def __call__(self, length: int) -> jax.Array:
+    """Returns the [1, H, N, N] bias for a length-N self-attention."""
+    pos = np.arange(length)
+    buckets = relative_position_bucket(pos[None, :] - pos[:, None], num_buckets=self.num_buckets,
+                                       max_distance=self.max_distance)  # [N(query), N(key)]
+    table = self.param("rel_embedding", nn.with_logical_partitioning(_keras_uniform, (None, ax.HEADS)),
+                       (self.num_buckets, self.num_heads))
+    return jnp.transpose(table[buckets], (2, 0, 1))[None]

@@ -1,0 +1,239 @@
+"""VATT pre-training: video-audio NCE in S_va + video-text MIL-NCE in S_vat (VATT section 3.2, appendix B).
+
+loss = (w_va * NCE(video_va, audio_va) + w_vt * MIL-NCE(video_vat, text_vat)) / (w_va + w_vt), temperature
+0.07, lambda = 1 (appendix B.3). Clips without audio (`audio_mask` 0) leave the NCE, clips without any caption
+(every `text_mask` row empty, e.g. AudioSet) leave the MIL-NCE, and empty captions are never candidates; each
+loss is averaged over the samples that take part (see vlm/losses/contrastive.py).
+
+Config fields read (defaults in brackets):
+
+config.model (-> vlm.models.vatt.Model):
+  name ['vatt'].
+  variant ['BBS']: three size letters (video, audio, text) from S/B/M/L/T ('BBS', 'MBS', 'LBS'), or 'MA'
+    (modality-agnostic Medium) / 'MA-<letter>'.
+  modality_agnostic [False]: True with a one-letter variant 'X' means 'MA-X'; 'MA...' variants imply it.
+  tiny [False]: every tower at the tiny size (2 layers, width 64, MLP 128, 2 heads) for CPU runs.
+  video_patch_size [(4, 16, 16)]: tubelet (t, h, w).
+  audio_patch_size [128]: waveform samples per token.
+  spectrogram [False]: audio is a [B, T, num_mel_bins] log-mel spectrogram instead of a waveform.
+  spectrogram_patch_size [(16, 5)]: (frames, mel bins) per audio token.
+  video_pos_buckets [None -> (num_frames // t, crop_size // h, crop_size // w) of config.input, (8, 14, 14)
+    for 32x224x224]: keep the pre-training buckets when fine-tuning at another size; the tables are then
+    resampled on the fly (VATT appendix B.5, DESIGN decision 1).
+  audio_pos_buckets [None -> (samples // audio_patch_size,), 1200 for 3.2 s at 48 kHz; spectrogram:
+    (spectrogram_frames // 16, num_mel_bins // 5)].
+  text_posemb ['relative']: 'relative' (T5 relative bias, as released) or 'learned' (absolute table).
+  text_pos_buckets [16]: learned text table size (modality-agnostic model or text_posemb='learned').
+  relative_position_buckets [32], relative_max_distance [64]: T5 relative bias of the text tower.
+  text_vocab_size [65536]: word vocabulary (word2vec: 2**16).
+  text_embed_dim [300]: word vector size (word2vec: 300).
+  trainable_embeddings [False]: train the word table (VATT keeps word2vec frozen).
+  droptoken_rate [0.5]: DropToken drop rate (video and audio, training only); 0 disables it.
+  droptoken_per_sample [False]: per-sample DropToken permutations instead of one per batch (as released).
+  dropout_rate [0.1]; attention_dropout_rate [0.1].
+  va_dim [512], vat_dim [256]: common-space widths; post_projection_dim [1024]: modality-agnostic only.
+  bn_momentum [0.9], bn_epsilon [1e-5]: head BatchNorm.
+  resize_method ['spline']: positional-table resampling, 'spline' (as released) or 'cubic'.
+  attention ['dense']; remat [False]; scan [False]; dtype ['float32'] (computation dtype, e.g. 'bfloat16').
+config.task:
+  name ['vatt_pretrain'].
+  va_weight [1.0]: weight of the video-audio NCE; vt_weight [1.0]: weight of the video-text MIL-NCE.
+  temperature [0.07].
+  directions ['joint']: 'joint' (as released) or 'separate' (see vlm/losses/contrastive.py).
+config.input (shapes of `dummy_batch`; the data layer must produce the same):
+  num_frames [32]; crop_size [224]; fps [10.0]; audio_samples [0 -> round(num_frames / fps *
+  audio_sample_rate), 153,600 for 3.2 s at 48 kHz]; audio_sample_rate [48000]; num_mel_bins [80];
+  spectrogram_frames [0 -> round(num_frames / fps / 0.021): 21 ms hop]; num_captions [1] (K MIL-NCE
+  candidates per clip; the release uses the clip's caption plus neighbouring sentences); max_text_len [16].
+
+Metrics: loss, va_nce, vt_milnce, va_top1 / vt_top1 (in-batch retrieval accuracy of video -> audio / text),
+audio_valid / text_valid (fraction of the batch in each loss).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm.losses import contrastive
+from vlm.models import vatt
+from vlm.nn import posemb as posemb_lib
+
+
+def _tuple(x) -> tuple[int, ...]:
+  return tuple(int(v) for v in x)
+
+
+def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the batch keys from config.input / config.model (see module docstring)."""
+  inp = config.get("input") or ml_collections.ConfigDict()
+  frames = int(inp.get("num_frames", 32))
+  crop = int(inp.get("crop_size", 224))
+  fps = inp.get("fps", 10.0)
+  seconds = frames / float(fps) if fps else None
+  shapes = {"video": (frames, crop, crop, 3), "audio_mask": (),
+            "text": (int(inp.get("num_captions", 1)), int(inp.get("max_text_len", 16)))}
+  if config.model.get("spectrogram", False):
+    t = int(inp.get("spectrogram_frames", 0) or 0)
+    if not t and seconds:
+      t = int(round(seconds / 0.021))  # 21 ms hop (VATT appendix D)
+    shapes["audio"] = (t, int(inp.get("num_mel_bins", 80)))
+  else:
+    t = int(inp.get("audio_samples", 0) or 0)
+    if not t and seconds:
+      t = int(round(seconds * int(inp.get("audio_sample_rate", 48_000))))
+    shapes["audio"] = (t,)
+  if not t:
+    raise ValueError("Cannot size the audio: set config.input.fps (clip length = num_frames / fps), or "
+                     "config.input.audio_samples / spectrogram_frames.")
+  shapes["text_mask"] = shapes["text"]
+  return shapes
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """vatt.Model keyword arguments from config.model, with positional buckets derived from config.input."""
+  m = config.model
+  variant = str(m.get("variant", "BBS"))
+  if m.get("modality_agnostic", False) and not variant.upper().startswith("MA"):
+    if len(variant) != 1:
+      raise ValueError(f"model.modality_agnostic=True needs a one-letter size or an 'MA' variant, got {variant!r}.")
+    variant = f"MA-{variant}"
+  shapes = input_shapes(config)
+  video_patch = _tuple(m.get("video_patch_size", (4, 16, 16)))
+  audio_patch = int(m.get("audio_patch_size", 128))
+  spec_patch = _tuple(m.get("spectrogram_patch_size", (16, 5)))
+  spectrogram = bool(m.get("spectrogram", False))
+  video_buckets = m.get("video_pos_buckets", None)
+  if video_buckets is None:
+    video_buckets = tuple(s // p for s, p in zip(shapes["video"][:3], video_patch))
+  audio_buckets = m.get("audio_pos_buckets", None)
+  if audio_buckets is None:
+    audio_buckets = (tuple(s // p for s, p in zip(shapes["audio"], spec_patch)) if spectrogram
+                     else (shapes["audio"][0] // audio_patch,))
+  return dict(
+      variant=variant, tiny=bool(m.get("tiny", False)), video_patch_size=video_patch,
+      audio_patch_size=audio_patch, spectrogram=spectrogram, spectrogram_patch_size=spec_patch,
+      video_pos_buckets=_tuple(video_buckets), audio_pos_buckets=_tuple(audio_buckets),
+      text_pos_buckets=int(m.get("text_pos_buckets", 16)), text_posemb=str(m.get("text_posemb", "relative")),
+      relative_position_buckets=int(m.get("relative_position_buckets", 32)),
+      relative_max_distance=int(m.get("relative_max_distance", 64)),
+      vocab_size=int(m.get("text_vocab_size", 2 ** 16)), word_dim=int(m.get("text_embed_dim", 300)),
+      trainable_embeddings=bool(m.get("trainable_embeddings", False)),
+      droptoken_rate=float(m.get("droptoken_rate", 0.5)),
+      droptoken_per_sample=bool(m.get("droptoken_per_sample", False)),
+      dropout_rate=float(m.get("dropout_rate", 0.1)),
+      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
+      va_dim=int(m.get("va_dim", 512)), vat_dim=int(m.get("vat_dim", 256)),
+      post_projection_dim=int(m.get("post_projection_dim", 1024)),
+      bn_momentum=float(m.get("bn_momentum", 0.9)), bn_epsilon=float(m.get("bn_epsilon", 1e-5)),
+      resize_method=str(m.get("resize_method", "spline")), attention=str(m.get("attention", "dense")),
+      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)),
+      dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+class Task:
+  """VATT NCE + MIL-NCE pre-training (task protocol of vlm/README.md)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = vatt.Model(**model_kwargs(config))
+    self.shapes = input_shapes(config)
+    task = config.get("task") or ml_collections.ConfigDict()
+    self.weights = {"va_nce": float(task.get("va_weight", 1.0)), "vt_milnce": float(task.get("vt_weight", 1.0))}
+    self.temperature = float(task.get("temperature", 0.07))
+    self.directions = str(task.get("directions", "joint"))
+    if not any(w > 0 for w in self.weights.values()):
+      raise ValueError(f"At least one of task.va_weight / task.vt_weight must be positive: {self.weights}.")
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """A training batch of the configured shapes (zeros; every caption one valid token, every clip audio)."""
+    s = self.shapes
+    return {"video": np.zeros((batch_size,) + s["video"], np.float32),
+            "audio": np.zeros((batch_size,) + s["audio"], np.float32),
+            "audio_mask": np.ones((batch_size,), np.float32),
+            "text": np.ones((batch_size,) + s["text"], np.int32),
+            "text_mask": np.ones((batch_size,) + s["text_mask"], np.int32)}
+
+  def init_variables(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    """{'params', 'batch_stats'} with flax's logical-axis boxes (nn.LogicallyPartitioned) on the leaves."""
+    return dict(self.model.init({"params": rng}, batch["video"], batch["audio"], batch["text"],
+                                batch["text_mask"], train=False))
+
+  def loss_fn(self, params: Any, model_state: dict[str, Any], batch: dict[str, Any], rng: jax.Array, *,
+              train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """NCE + MIL-NCE on a batch.
+
+    Args:
+      params: model params.
+      model_state: {'batch_stats': ...}.
+      batch: video [B, F, H, W, 3], audio [B, S] or [B, T, M], audio_mask [B] (optional; default all 1),
+        text [B, K, L] int, text_mask [B, K, L].
+      rng: key for dropout and DropToken (used only when train).
+      train: training mode (dropout, DropToken, BatchNorm batch statistics that update model_state).
+
+    Returns:
+      (loss, (metrics, new_model_state)).
+    """
+    variables = {"params": params, **model_state}
+    args = (batch["video"], batch["audio"], batch["text"], batch["text_mask"])
+    if train:
+      (out, _), new_state = self.model.apply(variables, *args, train=True, rngs={"dropout": rng},
+                                             mutable=list(model_state))
+      new_state = dict(new_state)
+    else:
+      out, _ = self.model.apply(variables, *args, train=False)
+      new_state = model_state
+    audio_mask = batch.get("audio_mask")
+    if audio_mask is None:
+      audio_mask = jnp.ones(batch["video"].shape[:1], jnp.float32)
+    caption_valid = jnp.any(batch["text_mask"] > 0, axis=-1)  # [B, K]
+    va, va_x = contrastive.nce_loss(anchors=out["video_va"], positives=out["audio_va"], mask=audio_mask,
+                                    temperature=self.temperature, directions=self.directions)
+    vt, vt_x = contrastive.mil_nce_loss(anchors=out["video_vat"], candidates=out["text_vat"],
+                                        candidate_mask=caption_valid, temperature=self.temperature,
+                                        directions=self.directions)
+    losses = {"va_nce": va, "vt_milnce": vt}
+    loss = contrastive.weighted_total(losses, self.weights)
+    n = batch["video"].shape[0]
+    metrics = {"loss": loss, **losses, "va_top1": va_x["top1"], "vt_top1": vt_x["top1"],
+               "audio_valid": va_x["num_valid"] / n, "text_valid": vt_x["num_valid"] / n}
+    return loss, (metrics, new_state)
+
+  # ------------------------------------------------------------------------------------- prediction functions
+  def embed_video(self, variables: dict[str, Any], video: jax.Array) -> jax.Array:
+    """[B, F, H, W, 3] frames -> [B, vat_dim] L2-normalised S_vat embeddings (eval mode)."""
+    return contrastive.l2_normalize(self.model.apply(variables, video, method=vatt.Model.embed_video))
+
+  def embed_text(self, variables: dict[str, Any], text: jax.Array, text_mask: jax.Array) -> jax.Array:
+    """[B, L] ids and [B, L] mask -> [B, vat_dim] L2-normalised S_vat embeddings."""
+    return contrastive.l2_normalize(self.model.apply(variables, text, text_mask, method=vatt.Model.embed_text))
+
+  # -------------------------------------------------------------------------------------------- checkpoints
+  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
+    """Init-checkpoint hook: copies matching params and resamples positional tables whose bucket count differs.
+
+    Positional tables (`*_embedding` under a `posemb` scope) are resampled with the tower's resize method, as
+    the release's `restore.py:interpolate_pos` does; any other missing or mismatched parameter is an error.
+    """
+    flat_init = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
+    flat_loaded = flax.traverse_util.flatten_dict(flax.core.meta.unbox(loaded), sep="/")
+    out, problems = {}, []
+    for path, target in flat_init.items():
+      src = flat_loaded.get(path)
+      if src is None:
+        problems.append(f"{path}: not in the checkpoint")
+      elif tuple(src.shape) == tuple(target.shape):
+        out[path] = jnp.asarray(src, target.dtype)
+      elif "/posemb/" in f"/{path}" and path.endswith("_embedding") and src.shape[1:] == target.shape[1:]:
+        out[path] = posemb_lib.resize_table(jnp.asarray(src, target.dtype), target.shape[0],
+                                            method=self.model.resize_method)
+      else:
+        problems.append(f"{path}: checkpoint {tuple(src.shape)} vs model {tuple(target.shape)}")
+    if problems:
+      raise ValueError("Checkpoint does not fit the VATT model:\n  " + "\n  ".join(problems))
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
