@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.nn import attention
 from vlm.nn import logical
 from vlm.nn import transformer
 
@@ -65,3 +66,20 @@ def test_names_belong_to_the_parallel_vocabulary():
   except ImportError:
     return  # The vocabulary module is optional for the library itself.
   assert set(logical.ALL) <= set(axes.VOCABULARY), set(logical.ALL) - set(axes.VOCABULARY)
+
+
+def test_registered_kernel_with_options_runs_under_scan_and_remat():
+  seen = []
+
+  @attention.register_attention("test_scaled_dense")
+  def scaled(query, key, value, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None, deterministic=True,
+             query_scale=1.0):
+    seen.append(query_scale)
+    return attention.dense_attention(query * query_scale, key, value, mask=mask, bias=bias)
+
+  x, mask = _x()
+  enc = transformer.Encoder(**KW, scan=True, remat=True, attention="test_scaled_dense",
+                            attention_kwargs={"query_scale": 0.5})
+  out = jax.eval_shape(lambda r: enc.init_with_output({"params": r, "dropout": r}, x, mask=mask,
+                                                      train=True)[0][0], jax.random.PRNGKey(0))
+  assert out.shape == x.shape and seen and set(seen) == {0.5}
