@@ -85,6 +85,10 @@ def test_seed_folding_gives_ops_independent_streams():
   out = fn({"frames": x, "frames2": x, "_seed": SEED})
   assert not np.array_equal(out["frames"], out["frames2"])  # same op twice: different draws
   np.testing.assert_array_equal(out["_seed"], SEED)
+  # An op after keep() (which drops `_seed`) still draws from the example's seed.
+  fn = pp.build("keep('frames')|sample_segments(4)")
+  runs = [fn({"frames": x, "_seed": SEED})["frames"] for _ in range(2)]
+  np.testing.assert_array_equal(runs[0], runs[1])
 
 
 # ---------------------------------------------------------------------------------------------- sampling

@@ -112,7 +112,9 @@ def sample_clip(num_frames: int, stride: int = 1, fps: float | None = None, rand
     stride: source-frame stride (ignored when `fps` is given).
     fps: target frame rate: frames are resampled in time from the record's `fps` (VATT: 32 frames at 10 fps).
     random: random start (training) or the middle of the record (eval).
-    pad: policy for records shorter than the clip: 'loop' | 'pad_last' | 'error'.
+    pad: policy for records shorter than the clip: 'loop' | 'pad_last' | 'error'. 'error' raises
+      InvalidArgumentError; inside the pipeline (input.skip_errors=True) the record is then counted and skipped,
+      and the eager check before training raises it for the first records.
     audio_samples: if > 0, cut this many audio samples starting at the clip's start time (VATT: 153600 =
       3.2 s at 48 kHz); 0 leaves `audio` untouched.
     default_fps: the record's frame rate when it stores none (`video/fps` missing or 0).

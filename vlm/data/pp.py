@@ -165,7 +165,8 @@ def build(pp: str | Sequence | None, *, defaults: Mapping[str, Mapping[str, Any]
     data = dict(data)
     base = data.get(SEED_KEY)
     for i, (_, op) in enumerate(ops):
-      if base is not None and SEED_KEY in data:
+      if base is not None:
+        # Set even when an earlier op (keep) dropped it, so later random ops stay deterministic.
         data[SEED_KEY] = tf.random.experimental.stateless_fold_in(base, i)
       data = op(data)
     if base is not None and SEED_KEY in data:
