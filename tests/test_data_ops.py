@@ -349,6 +349,21 @@ def test_audio_noise_and_gain():
   np.testing.assert_array_equal(out, [[1, 1, 1, 0, 0]] * 2)
 
 
+def test_resample_audio():
+  sr = 480
+  t = np.arange(960) / sr
+  x = np.sin(2 * np.pi * 20 * t).astype(np.float32) + 0.5 * np.sin(2 * np.pi * 200 * t).astype(np.float32)
+  out = run_both("resample_audio(240)", {"audio": x, "sample_rate": np.int32(sr)}, atol=1e-4)
+  assert out["audio"].shape == (480,) and out["sample_rate"] == 240
+  # The 200 Hz tone is above the new Nyquist (120 Hz) and is removed; the 20 Hz one survives.
+  np.testing.assert_allclose(out["audio"], np.sin(2 * np.pi * 20 * np.arange(480) / 240), atol=1e-3)
+  out = run_both("resample_audio(960, num_samples=2000)", {"audio": x, "sample_rate": np.int32(sr)}, atol=1e-4)
+  assert out["audio"].shape == (2000,) and np.all(out["audio"][1920:] == 0)
+  np.testing.assert_allclose(out["audio"][:1920:2], x, atol=1e-3)  # upsampling keeps the original samples
+  same = run_both("resample_audio(480)", {"audio": x, "sample_rate": np.int32(sr)})
+  np.testing.assert_array_equal(same["audio"], x)
+
+
 def test_log_mel_shape_and_peak():
   sr, n = 48000, 48000
   tone = np.sin(2 * np.pi * 1000 * np.arange(n) / sr).astype(np.float32)

@@ -199,6 +199,11 @@ def test_default_pp_from_config_fields(data_dir):
   b = next(pipeline.make_train_iterator(cfg, process_index=0, process_count=1))
   assert b["video"].shape == (4, 4, 16, 16, 3) and b["text"].shape == (4, 2, 6) and b["labels"].shape == (4, 5)
   assert b["audio"].shape == (4, 400)
+  ev = pipeline.make_eval_iterator(cfg, dict(num_clips=2, num_crops=3, batch_size=2), process_index=0,
+                                   process_count=1)
+  e = next(iter(ev))
+  assert e["video"].shape == (2, 6, 4, 16, 16, 3) and e["audio"].shape == (2, 2, 400)
+  assert e["text"].shape == (2, 2, 6) and e["_mask"].tolist() == [1, 1]
 
 
 def test_cache_keeps_records_in_memory_after_the_first_epoch(data_dir, tmp_path):

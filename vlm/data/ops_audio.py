@@ -8,6 +8,7 @@ audio_samples=S)`); the ops here augment and transform it:
   log_mel       log-mel spectrogram via tf.signal: [..., S] -> [..., T, M] (VATT table 4: 80 bins,
                 42 ms window, 21 ms hop; DMVR's 80-7600 Hz band)
   pad_audio     pad or clip the waveform to a fixed length (records with no audio become zeros)
+  resample_audio  band-limited (FFT) resampling to another rate, e.g. 48 -> 24 kHz (VATT B.6 audio fine-tuning)
 """
 from __future__ import annotations
 
@@ -77,5 +78,42 @@ def log_mel(num_bins: int = 80, window_ms: float = 42.0, hop_ms: float = 21.0, s
     spec = tf.math.log(tf.tensordot(power, mel, 1) + log_offset)
     spec = tf.ensure_shape(spec, x.shape[:-1].concatenate([None, num_bins]))
     return {**data, outkey or key: spec}
+
+  return op
+
+
+@register()
+def resample_audio(rate: int, num_samples: int | None = None, key: str = "audio",
+                   rate_key: str = "sample_rate") -> pp.Op:
+  """Resamples the waveform [..., S] from `data[rate_key]` Hz to `rate` Hz; sets `data[rate_key] = rate`.
+
+  FFT resampling (as scipy.signal.resample): the spectrum is truncated (down) or zero-padded (up), which is an
+  ideal low-pass, so downsampling does not alias. The signal is treated as periodic, so the first and last few
+  samples may ring slightly. Output length round(S * rate / source_rate), or `num_samples` (static shape; the
+  result is clipped or zero-padded to it). Cut the clip's window first (sample_clip's audio_samples at the source
+  rate): resampling a short window is cheaper than resampling the whole record.
+  """
+
+  def op(data):
+    x = tf.cast(data[key], tf.float32)
+    src = tf.cast(data.get(rate_key, rate), tf.float32)
+    n = tf.shape(x)[-1]
+    n_out = tf.cast(tf.round(tf.cast(n, tf.float32) * rate / src), tf.int32)
+
+    def resample():
+      spec = tf.signal.rfft(x)
+      bins_out = n_out // 2 + 1
+      keep = tf.minimum(tf.shape(spec)[-1], bins_out)
+      spec = spec[..., :keep]
+      spec = tf.concat([spec, tf.zeros(tf.concat([tf.shape(spec)[:-1], [bins_out - keep]], 0), spec.dtype)], -1)
+      y = tf.signal.irfft(spec, fft_length=tf.reshape(n_out, [1]))
+      return y * (tf.cast(n_out, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32))
+
+    y = tf.cond((n_out != n) & (n > 0), resample, lambda: x)
+    if num_samples is not None:
+      y = y[..., :num_samples]
+      y = tf.pad(y, [[0, 0]] * (x.shape.rank - 1) + [[0, num_samples - tf.shape(y)[-1]]])
+      y = tf.ensure_shape(y, x.shape[:-1].concatenate([num_samples]))
+    return {**data, key: y, rate_key: tf.constant(rate, tf.int32)}
 
   return op

@@ -56,9 +56,12 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
   tok = vocab_lib.make_tokenizer(tokenizer)
 
   def op(data):
-    ids = tok.to_int_tf_op(data[inkey], bos=bos, eos=eos)
+    text = tf.convert_to_tensor(data[inkey], tf.string)
+    ids = tok.to_int_tf_op(text, bos=bos, eos=eos)
     dense, mask = vocab_lib.pad_or_clip(ids, max_len, tok.pad_id)
-    return {**data, outkey: dense, mask_key: mask}
+    # Ragged tokenization loses the static outer shape; eval padding and batching want it back.
+    shape = text.shape.concatenate([max_len])
+    return {**data, outkey: tf.ensure_shape(dense, shape), mask_key: tf.ensure_shape(mask, shape)}
 
   op.tokenizer = tok
   return op

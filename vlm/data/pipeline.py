@@ -40,6 +40,8 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
   input.num_frames: int = 32, input.fps: float | None = 10.0, input.stride: int = 1,
   input.crop_size: int = 224, input.audio_samples: int = 0, input.max_text_len: int = 16,
   input.num_captions: int = 1, input.num_classes: int = 0      used by the default pp and as op defaults
+  input.num_clips: int = 1, input.num_crops: int = 1 (1 | 3)   eval default pp: views V = clips x crops
+                                     (VATT B.5: 4 clips x 3 crops -> video [B, 12, F, H, W, 3])
   input.pad_policy: str = 'loop'     short clips: 'loop' | 'pad_last' | 'error'
   input.default_fps: float = 25.0    frame rate assumed for records without `video/fps`
   input.tokenizer: dict(kind='words'|'wordpiece', vocab_file=None, lower=True)  vocab_file None = source's vocab
@@ -50,7 +52,8 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
   input.threads: int = 0             tf.data private thread pool size (0: TF's shared pool)
   input.prefetch: int = 2            batches prefetched
   input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
-  input.check_files: bool = True     walk shard headers at start (truncated files; eval record counts)
+  input.check_files: bool | None     walk the host's shard headers at start to find truncated files (None:
+                                     only for local files; eval always walks them, for the record counts)
   input.eager_check: int = 2         records checked eagerly before the pipeline starts (0: off)
 """
 from __future__ import annotations
@@ -72,9 +75,10 @@ _BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (ba
 
 DEFAULTS: dict[str, Any] = dict(
     shuffle_buffer=1024, pp=None, batch_pp="", pp_modules=(), num_frames=32, fps=10.0, stride=1, crop_size=224,
-    audio_samples=0, max_text_len=16, num_captions=1, num_classes=0, pad_policy="loop", default_fps=25.0,
+    audio_samples=0, max_text_len=16, num_captions=1, num_classes=0, num_clips=1, num_crops=1, pad_policy="loop",
+    default_fps=25.0,
     tokenizer=None, extra_context=None, cache=False, cycle_length=16, num_parallel_calls=-1, threads=0,
-    prefetch=2, skip_errors=True, check_files=True, eager_check=2,
+    prefetch=2, skip_errors=True, check_files=None, eager_check=2,
 )
 
 
@@ -126,8 +130,16 @@ def default_pp(inp: Mapping[str, Any], *, train: bool, text: bool | None = None,
     ops = [f"sample_clip({f}, {timing}, audio_samples={audio})", f"random_resized_crop({crop})", "flip",
            "color_jitter", "normalize(-1, 1)"] + (["audio_noise(0.01)"] if audio else [])
   else:
-    ops = [f"sample_clip({f}, {timing}, random=False, audio_samples={audio})", f"center_crop({crop})",
-           "normalize(-1, 1)"]
+    clips, crops = int(inp.get("num_clips") or 1), int(inp.get("num_crops") or 1)
+    if crops not in (1, 3):
+      raise ValueError(f"input.num_crops must be 1 or 3, got {crops}.")
+    if clips > 1 or crops == 3:  # multi-view: video [V, F, H, W, 3], V = clips * crops (VATT B.5: 4 x 3)
+      # Three crops span the long side of the frame resized to `crop` on its short side (the standard 3-crop).
+      space = f"three_crop({crop}, resize_smallest={crop})" if crops == 3 else f"center_crop({crop})"
+      ops = [f"sample_multiclip({clips}, {f}, {timing}, audio_samples={audio})", space]
+    else:
+      ops = [f"sample_clip({f}, {timing}, random=False, audio_samples={audio})", f"center_crop({crop})"]
+    ops.append("normalize(-1, 1)")
   if inp.get("max_text_len") and text:
     ops += [f"sample_captions({inp['num_captions']}, random={train})", f"tokenize({inp['max_text_len']})"]
     keep += ["text", "text_mask"]
@@ -189,7 +201,10 @@ class _Builder:
     self.files = (sources_lib.host_files(self.source.files, process_index, process_count)
                   if self.is_records else [])
     self.truncated_files = 0
-    if self.is_records and inp["check_files"]:
+    check = inp["check_files"]
+    if check is None:  # auto: local shards only (a header walk seeks once per record: slow on remote storage)
+      check = not any("://" in f for f in self.files)
+    if self.is_records and check:
       self.truncated_files = sum(sources_lib.scan_shard(f).truncated for f in self.files)
     self.host_seed = _host_seed(self.seed, process_index)
     self.options = tf.data.Options()

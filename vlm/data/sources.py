@@ -337,12 +337,24 @@ def scan_shard(path: str) -> ShardInfo:
   return info
 
 
-def _crc32c(data: bytes) -> int:
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc ^= b
+def _crc_table() -> list[int]:
+  table = []
+  for i in range(256):
+    crc = i
     for _ in range(8):
       crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
+    table.append(crc)
+  return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def _crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), table-driven: TFRecord's checksum."""
+  crc = 0xFFFFFFFF
+  for b in data:
+    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
   return crc ^ 0xFFFFFFFF
 
 
