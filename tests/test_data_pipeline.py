@@ -112,6 +112,11 @@ def test_corrupt_records_are_counted_and_skipped(tmp_path):
   assert it.skipped == {"corrupt": 3, "truncated_files": 0}
   next(it)
   assert it.get_state()["skipped"]["corrupt"] == 4  # epoch 1's first batch skipped the bad record at position 1
+  cfg.input.max_consecutive_errors = 2  # records 3 and 4 are bad in a row
+  it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="2 records in a row failed"):
+    for _ in range(3):
+      next(it)
   cfg.input.skip_errors = False
   it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
   with pytest.raises(tf.errors.InvalidArgumentError):

@@ -52,6 +52,7 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
   input.threads: int = 0             tf.data private thread pool size (0: TF's shared pool)
   input.prefetch: int = 2            batches prefetched
   input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
+  input.max_consecutive_errors: int = 1000   fail when this many records in a row are skipped
   input.check_files: bool | None     walk the host's shard headers at start to find truncated files (None:
                                      only for local files; eval always walks them, for the record counts)
   input.eager_check: int = 2         records checked eagerly before the pipeline starts (0: off)
@@ -78,7 +79,7 @@ DEFAULTS: dict[str, Any] = dict(
     audio_samples=0, max_text_len=16, num_captions=1, num_classes=0, num_clips=1, num_crops=1, pad_policy="loop",
     default_fps=25.0,
     tokenizer=None, extra_context=None, cache=False, cycle_length=16, num_parallel_calls=-1, threads=0,
-    prefetch=2, skip_errors=True, check_files=None, eager_check=2,
+    prefetch=2, skip_errors=True, max_consecutive_errors=1000, check_files=None, eager_check=2,
 )
 
 
@@ -268,10 +269,18 @@ class _Builder:
 
     ds = ds.interleave(safe, cycle_length=par, block_length=1, num_parallel_calls=par, deterministic=True)
 
+    max_bad = int(self.inp["max_consecutive_errors"])
+
     @_no_autograph
     def count(n_bad, elem):
       d, valid = elem
       d = dict(d)
+      # Fail instead of spinning forever when (nearly) every record is bad, e.g. a pp that fails on all of them.
+      check = tf.debugging.assert_less(n_bad, tf.constant(max_bad, tf.int64), message=(
+          f"{max_bad} records in a row failed to parse or preprocess (input.max_consecutive_errors); "
+          "run with input.skip_errors=False to see the first error"))
+      with tf.control_dependencies([check]):
+        valid = tf.identity(valid)
       d["_skipped"] = tf.where(valid, n_bad, tf.constant(0, tf.int64))
       return tf.where(valid, tf.constant(0, tf.int64), n_bad + 1), (d, valid)
 
