@@ -425,11 +425,16 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
   return results
 
 
-def evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
-  """Restores the latest checkpoint of `workdir` (else config.init_checkpoint) and runs every evaluator."""
-  setup = setup_mesh(config)
-  task = build_task(config)
-  logger = _workdir_setup(config, workdir, "config_eval.json")  # keeps the training config.json
+def load_variables(config: ConfigDict, workdir: str, setup: Setup | None = None, task: Any = None
+                   ) -> tuple[Any, Setup, state_lib.TrainState]:
+  """Restores params and model state of the latest checkpoint in `workdir` (else config.init_checkpoint).
+
+  Returns:
+    (task, setup, state) where `state.variables()` is what the task's prediction functions take; the
+    optimizer state is not restored (`state.opt_state` is None).
+  """
+  setup = setup or setup_mesh(config)
+  task = task or build_task(config)
   var_spec = abstract_variables(config, task, setup)
   abstract = lambda tree, shardings: jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
@@ -440,16 +445,24 @@ def evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
   source = directory if (epath.Path(directory).exists() and any(
       p.name.isdigit() for p in epath.Path(directory).iterdir())) else config.get("init_checkpoint")
   if not source:
-    raise FileNotFoundError(f"--mode=eval: no checkpoint in {directory} and no config.init_checkpoint.")
+    raise FileNotFoundError(f"No checkpoint in {directory} and no config.init_checkpoint.")
   ckpt, step = checkpointing.open_init_checkpoint(source)
   plain = state_lib.TrainState(step=None, params=abstract_params, opt_state=None,
                                model_state=abstract_model_state)
   ckpt.check_compatible(step, plain)
   params, model_state = ckpt.restore_variables(step, abstract_params, abstract_model_state)
   ckpt.close()
-  state = state_lib.TrainState(step=step, params=params, opt_state=None, model_state=model_state or {})
-  logging.info("Evaluating %s/%d.", ckpt.directory, step)
+  logging.info("Restored %s/%d.", ckpt.directory, step)
+  return task, setup, state_lib.TrainState(step=step, params=params, opt_state=None,
+                                           model_state=model_state or {})
 
+
+def evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
+  """Restores the latest checkpoint of `workdir` (else config.init_checkpoint) and runs every evaluator."""
+  setup = setup_mesh(config)
+  logger = _workdir_setup(config, workdir, "config_eval.json")  # keeps the training config.json
+  task, setup, state = load_variables(config, workdir, setup)
+  step = int(state.step)
   evaluators = build_evaluators(config, task, setup)
   results = run_evaluators(evaluators, list(evaluators), state, step, setup, logger)
   if multihost.is_main_process():
