@@ -186,6 +186,9 @@ def test_eval_pads_so_hosts_run_the_same_number_of_batches(data_dir):
       assert np.all(b["video"][b["_mask"] == 0] == 0)
     assert list(ev)[0]["label"].tolist() == batches[0]["label"].tolist()  # re-iterable, same order
   assert lengths == [12, 6] and len(seen) == 18 and len(set((f, l) for f, l in zip(seen, range(18)))) == 18
+  # More hosts than files: the host without a file yields padding only, as many batches as the others.
+  ev = pipeline.make_eval_iterator(cfg, eval_input, process_index=3, process_count=4)
+  assert len(ev) == 6 and all(b["_mask"].sum() == 0 for b in ev)  # 6 records per file, 1 per host batch
 
 
 def test_batch_pp_mixup(data_dir):

@@ -13,6 +13,11 @@ Design (training)
     handed out, so `get_state()` = {'seed', 'epoch', 'position', ...} is exact whatever the prefetch depth.
     `make_train_iterator(..., state=s)` rebuilds epoch `s['epoch']` and skips `s['position']` serialized records
     after the shuffle (no parsing or decoding), so the next batch is the one an uninterrupted run would yield next.
+    A state saved with another process count restarts its epoch from the start (with a warning): the host split
+    changed, so positions no longer match.
+  * input.cache: the host's records are read once in a fixed file order and kept in memory (`Dataset.cache`);
+    each epoch then only reshuffles them (size the shuffle buffer to the host's record count).
+  * Batch-level ops (input.batch_pp, e.g. mixup) draw from a seed folded out of the batch's first example seed.
   * Errors: each record is parsed and preprocessed inside its own one-element dataset with `ignore_errors`; a
     record that fails (truncated proto, corrupt JPEG, wrong layout, 'error' pad policy, ...) is replaced by a
     placeholder flagged invalid, a `scan` counts the invalid ones in front of each valid example, and they are
@@ -26,7 +31,8 @@ Design (training)
 Design (eval)
   Ordered, finite; per-host record counts come from the shard header walk; every host yields
   ceil(max_host_count / host_batch) batches, padding with zero examples that have `_mask` = 0 (big_vision's
-  "infinite padding"). Real examples have `_mask` = 1; skipped (invalid) records are replaced by padding.
+  "infinite padding"). Real examples have `_mask` = 1; skipped (invalid) records are replaced by padding. A host
+  with no shard (more hosts than eval files) yields padding only. The iterable can be iterated again.
 
 Config (config.seed and config.input; eval_input overrides fields of config.input, `data` merged key by key)
   seed: int                          base of every seed
@@ -44,7 +50,8 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
                                      (VATT B.5: 4 clips x 3 crops -> video [B, 12, F, H, W, 3])
   input.pad_policy: str = 'loop'     short clips: 'loop' | 'pad_last' | 'error'
   input.default_fps: float = 25.0    frame rate assumed for records without `video/fps`
-  input.tokenizer: dict(kind='words'|'wordpiece', vocab_file=None, lower=True)  vocab_file None = source's vocab
+  input.tokenizer: dict(kind='words'|'wordpiece', vocab_file=None, lower=True)  vocab_file None = source's vocab;
+                                     no tokenizer and a source with a vocab (builtin) = whole words of that vocab
   input.extra_context: dict = {}     extra context keys to parse: {key: 'string'|'int'|'float'}
   input.cache: bool = False          keep the host's serialized records in memory after the first epoch
   input.cycle_length: int = 16       files read concurrently
@@ -199,7 +206,7 @@ class _Builder:
     self.pp = pp_lib.build(spec, defaults=defaults, modules=inp.get("pp_modules") or ())
     self.batch_pp = pp_lib.build(inp.get("batch_pp") or None, modules=inp.get("pp_modules") or ())
     self.is_records = self.source.load_examples is None
-    self.files = (sources_lib.host_files(self.source.files, process_index, process_count)
+    self.files = (sources_lib.host_files(self.source.files, process_index, process_count, allow_empty=not train)
                   if self.is_records else [])
     self.truncated_files = 0
     check = inp["check_files"]
@@ -237,6 +244,8 @@ class _Builder:
     if not n:
       return
     if self.is_records:
+      if not self.files:  # an eval host with no shard: it only pads
+        return
       payloads = [tf.constant(r) for r in sources_lib.check_records(self.files, n)]
     else:
       payloads = list(self.source.load_examples(self.process_index, self.process_count).take(n))
@@ -310,7 +319,7 @@ class _Builder:
     """The host's records (or decoded examples) in a fixed order, for one pass."""
     if self.is_records:
       cycle = max(1, min(int(self.inp["cycle_length"]), len(self.files)))
-      return self._read(tf.data.Dataset.from_tensor_slices(self.files), cycle)
+      return self._read(tf.data.Dataset.from_tensor_slices(tf.constant(self.files, tf.string)), cycle)
     return self.source.load_examples(self.process_index, self.process_count)
 
   def train_stream(self, start_epoch: int, start_pos: int) -> tf.data.Dataset:
@@ -466,7 +475,7 @@ def _count_examples(b: _Builder, inp: Mapping[str, Any]) -> list[int]:
   if b.is_records:
     counts = []
     for h in range(b.process_count):
-      files = sources_lib.host_files(b.source.files, h, b.process_count)
+      files = sources_lib.host_files(b.source.files, h, b.process_count, allow_empty=True)
       counts.append(sum(sources_lib.scan_shard(f).num_records for f in files))
     return counts
   counts = []

@@ -165,9 +165,10 @@ def from_tfds_example(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   return out
 
 
-def host_files(files: Sequence[str], process_index: int, process_count: int) -> list[str]:
-  """Host i of n takes files i::n."""
-  if len(files) < process_count:
+def host_files(files: Sequence[str], process_index: int, process_count: int, *, allow_empty: bool = False
+               ) -> list[str]:
+  """Host i of n takes files i::n (training needs a file per host; eval hosts without one only pad)."""
+  if len(files) < process_count and not allow_empty:
     raise ValueError(f"{len(files)} record files cannot be split over {process_count} hosts: every host needs at "
                      f"least one file (write more shards, or run on fewer hosts).")
   return list(files[process_index::process_count])
