@@ -54,9 +54,14 @@ def main(argv):
                jax.local_devices())
 
   if FLAGS.mode == "train":
-    trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:
-    trainer.evaluate(FLAGS.config, FLAGS.workdir)
+    results = trainer.evaluate(FLAGS.config, FLAGS.workdir)
+  if multihost.is_main_process() and results:
+    # A plain summary on stdout, after the logs: the figures a user launched the job for.
+    print(f"\n== Results ({FLAGS.mode}, workdir {FLAGS.workdir})")
+    for name in sorted(results):
+      print(f"  {name:<40s} {results[name]:.4g}")
 
 
 if __name__ == "__main__":

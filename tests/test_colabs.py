@@ -1,0 +1,27 @@
+"""Executes every notebook in colabs/ on the CPU (with fewer training steps) and checks its outputs."""
+import glob
+import os
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
+def test_notebook_runs_and_plots(path, monkeypatch):
+  monkeypatch.setenv("VLM_COLAB_STEPS", "150")
+  # One real CPU device in the kernel, whatever the test session's fake-device flags.
+  monkeypatch.setenv("XLA_FLAGS", "")
+  nb = nbformat.read(path, as_version=4)
+  nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.dirname(path)}}).execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+  assert not [o for o in outputs if o.get("output_type") == "error"]
+  images = [o for o in outputs if "image/png" in o.get("data", {})]
+  assert len(images) >= 2, "expected the loss plot and the retrieval figure"
+  text = "".join(o.get("text", "") for o in outputs)
+  assert "R@1" in text
