@@ -43,7 +43,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input = ml_collections.ConfigDict()
   # The tiny run reads a lighter built-in dataset: 16-frame clips with 16 kHz audio (~100 KB per clip instead of
   # ~630 KB for 32 frames at 48 kHz), generated once (~10 s) and cached under ~/.cache/vlm/builtin.
-  builtin = dict(num_frames=16, sample_rate=16_000) if a.tiny else dict()
+  builtin = (dict(num_train=2048, num_test=512, num_images=64, num_frames=16, sample_rate=16_000) if a.tiny
+             else dict())
   c.input.data = dict(name="builtin", split="train", options=builtin)
   c.input.batch_size = a.batch if not a.tiny or a.batch != 2048 else 32
   c.input.shuffle_buffer = 4096 if not a.tiny else 512

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from vlm.tools import common
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.",
                                           lock_config=True)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
@@ -94,7 +96,6 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
           peak_dtype: str = "") -> dict[str, Any]:
   """Measures the peak, then the train step; returns every figure (see the module docstring)."""
   from vlm.parallel import multihost  # pylint: disable=g-import-not-at-top
-  from vlm.tools import inspect as inspect_lib  # pylint: disable=g-import-not-at-top
   from vlm.train import step as step_lib  # pylint: disable=g-import-not-at-top
   from vlm.train import trainer  # pylint: disable=g-import-not-at-top
   if steps < 5:
@@ -114,7 +115,7 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    flops = inspect_lib.cost_flops(compiled)
+    flops = common.cost_flops(compiled)
     holder = {"state": state}
 
     def run():

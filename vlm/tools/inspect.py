@@ -23,6 +23,8 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from vlm.tools import common
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.",
                                           lock_config=True)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
@@ -39,14 +41,6 @@ def param_counts(params: Any, depth: int = 1) -> dict[str, int]:
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     counts["/".join(_path(path).split("/")[:depth])] += int(np.prod(leaf.shape))
   return dict(sorted(counts.items()))
-
-
-def cost_flops(compiled) -> float:
-  """Total FLOPs of a compiled computation according to XLA's cost analysis (summed over devices)."""
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
 
 
 def flops_per_example(config, task, setup, var_spec, state_spec) -> dict[str, float]:
@@ -66,8 +60,8 @@ def flops_per_example(config, task, setup, var_spec, state_spec) -> dict[str, fl
     train_step = step_lib.make_train_step(task, state_spec.tx, state_spec.schedule, int(config.get("seed", 0)))
     jitted = step_lib.jit_train_step(train_step, state_spec.shardings, setup.batch_sharding, setup.mesh)
     step = jitted.lower(abstract, batch).compile()
-  return {"forward_flops_per_example": cost_flops(fwd) / n,
-          "train_step_flops_per_example": cost_flops(step) / n,
+  return {"forward_flops_per_example": common.cost_flops(fwd) / n,
+          "train_step_flops_per_example": common.cost_flops(step) / n,
           "flops_batch": n}
 
 
@@ -111,8 +105,9 @@ def _print(report: dict[str, Any]) -> None:
     for name, n in report["tokens_per_modality"].items():
       print(f"  {name:<40s} {n:>8d}")
   if "forward_flops_per_example" in report:
-    print(f"FLOPs per example (XLA cost analysis): forward {report['forward_flops_per_example'] / 1e9:.2f} GFLOP, "
-          f"train step {report['train_step_flops_per_example'] / 1e9:.2f} GFLOP")
+    print(f"FLOPs per example (XLA cost analysis): forward, eval mode (all tokens) "
+          f"{report['forward_flops_per_example'] / 1e9:.2f} GFLOP; "
+          f"train step, train mode (DropToken etc.) {report['train_step_flops_per_example'] / 1e9:.2f} GFLOP")
   print(f"Mesh {report['mesh']}, sharding preset {report['sharding_preset']!r}:")
   for name, info in report["param_sharding"].items():
     print(f"  {name:<70s} {str(info['shape']):<22s} {info['spec']}")

@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm.nn import logical as ax
+from vlm.nn import patch
 
 
 class WaveformEmbed(nn.Module):
@@ -31,11 +31,7 @@ class WaveformEmbed(nn.Module):
     del train
     if audio.ndim == 2:
       audio = audio[..., None]
-    x = nn.Conv(self.hidden_size, kernel_size=(self.patch_size,), strides=(self.patch_size,), padding="VALID",
-                dtype=self.dtype, name="conv",
-                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                         (ax.CONV_TIME, ax.CONV_IN, ax.EMBED)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(audio)
+    x = patch.PatchEmbed(self.hidden_size, (self.patch_size,), dtype=self.dtype, name="conv")(audio)
     return x, {"grid": (x.shape[1],)}
 
 
@@ -58,10 +54,6 @@ class SpectrogramEmbed(nn.Module):
   def __call__(self, spec: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
     """[B, T, M] log-mel -> (tokens [B, t * m, D] row-major (time, frequency), aux{'grid': (t, m)})."""
     del train
-    x = nn.Conv(self.hidden_size, kernel_size=self.patch_size, strides=self.patch_size, padding="VALID",
-                dtype=self.dtype, name="conv",
-                kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
-                                                         (ax.CONV_TIME, ax.CONV_HEIGHT, ax.CONV_IN, ax.EMBED)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(spec[..., None])
+    x = patch.PatchEmbed(self.hidden_size, self.patch_size, dtype=self.dtype, name="conv")(spec[..., None])
     b, t, m, d = x.shape
     return x.reshape(b, t * m, d), {"grid": (t, m)}

@@ -7,11 +7,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlm.nn import logical as ax
+from vlm.nn import patch
 
 
 class TubeletEmbed(nn.Module):
-  """Non-overlapping t x h x w tubelets, linearly projected: a Conv3D with kernel = stride.
+  """Non-overlapping t x h x w tubelets, linearly projected: a Conv3D with kernel = stride
+  (computed as one matmul, vlm/nn/patch.py).
 
   VATT uses 4x16x16 tubelets (appendix B.1), so 32x224x224 frames give an 8x14x14 grid of tokens.
 
@@ -37,11 +38,6 @@ class TubeletEmbed(nn.Module):
       Frames / pixels beyond a whole tubelet are dropped (VALID convolution).
     """
     del train
-    x = nn.Conv(self.hidden_size, kernel_size=self.patch_size, strides=self.patch_size, padding="VALID",
-                dtype=self.dtype, name="conv",
-                kernel_init=nn.with_logical_partitioning(
-                    nn.initializers.xavier_uniform(),
-                    (ax.CONV_TIME, ax.CONV_HEIGHT, ax.CONV_WIDTH, ax.CONV_IN, ax.EMBED)),
-                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(video)
+    x = patch.PatchEmbed(self.hidden_size, self.patch_size, dtype=self.dtype, name="conv")(video)
     b, t, h, w, d = x.shape
     return x.reshape(b, t * h * w, d), {"grid": (t, h, w)}
