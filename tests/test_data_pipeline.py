@@ -267,3 +267,30 @@ def test_tfds_source_adapter_jpeg_free_path(monkeypatch):
   ev = pipeline.make_eval_iterator(cfg, dict(pp="sample_clip(4, random=False)|center_crop(8)|label|"
                                              "keep('video', 'label')"), process_index=0, process_count=1)
   assert len(ev) == 3 and sum(int(x["_mask"].sum()) for x in ev) == 5
+
+
+def test_host_split_examples_gives_the_same_global_batches_for_any_process_count(tmp_path):
+  """'examples': the concatenated per-host batches of 2 hosts equal the batches of 1 host."""
+  files = []
+  for shard in range(3):
+    path = str(tmp_path / f"d-{shard}.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+      for i in range(10):
+        frame = tf.io.encode_jpeg(tf.fill([8, 8, 3], tf.constant(shard * 10 + i, tf.uint8))).numpy()
+        w.write(records.make_sequence_example(jpeg_frames=[frame] * 2, fps=10.0,
+                                              label_index=[shard * 10 + i]).SerializeToString())
+    files.append(path)
+  config = ml_collections.ConfigDict(dict(seed=3, input=dict(
+      data=dict(name="records", files=files), batch_size=4, shuffle_buffer=8, host_split="examples",
+      pp="sample_clip(2, stride=1)|decode|label|keep('video', 'label')")))
+  one = pipeline.make_train_iterator(config, process_index=0, process_count=1)
+  two = [pipeline.make_train_iterator(config, process_index=i, process_count=2) for i in range(2)]
+  for _ in range(9):  # past the 30-record epoch
+    b1 = next(one)
+    halves = [next(it) for it in two]
+    np.testing.assert_array_equal(b1["label"], np.concatenate([h["label"] for h in halves]))
+    np.testing.assert_array_equal(b1["video"], np.concatenate([h["video"] for h in halves]))
+  # Resuming host 1 from its saved position continues with its next rows.
+  state = two[1].get_state()
+  resumed = pipeline.make_train_iterator(config, process_index=1, process_count=2, state=state)
+  np.testing.assert_array_equal(next(resumed)["label"], next(two[1])["label"])

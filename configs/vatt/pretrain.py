@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.max_text_len = 16
   c.input.tokenizer = dict(kind="words", vocab_file=None)  # None: the source's vocabulary (built-in dataset).
   c.input.cache = False
+  # The tiny dataset is small and local: every host reads all of it, so a 2-process run sees exactly the global
+  # batches of a 1-process run. Pod-scale data splits shards across hosts instead ('files').
+  c.input.host_split = "examples" if a.tiny else "files"
   c.input.pp = None  # None: vlm.data.pipeline.default_pp (crop, flip, colour jitter, [-1, 1], tokenize).
   if a.tiny:
     # The built-in dataset's captions name colours and left/right motion, so hue jitter and horizontal flips

@@ -58,6 +58,14 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
   input.num_parallel_calls: int = -1 examples processed concurrently (-1: AUTOTUNE)
   input.threads: int = 0             tf.data private thread pool size (0: TF's shared pool)
   input.prefetch: int = 2            batches prefetched
+  input.host_split: str = 'files'    training records per host: 'files' (host i reads shards i::n; scales) or
+                                     'examples' (every host reads all shards and keeps its rows of each global
+                                     batch: identical global batches for any process count while no record is
+                                     skipped; for small datasets and reproducibility checks)
+  input.host_split: str = 'files'    training records per host: 'files' (host i reads shards i::n; scales) or
+                                     'examples' (every host reads all shards and keeps its rows of each global
+                                     batch: identical global batches for any process count while no record is
+                                     skipped; for small datasets and reproducibility checks)
   input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
   input.max_consecutive_errors: int = 1000   fail when this many records in a row are skipped
   input.check_files: bool | None     walk the host's shard headers at start to find truncated files (None:
@@ -76,7 +84,7 @@ import tensorflow as tf
 from vlm.data import pp as pp_lib
 from vlm.data import sources as sources_lib
 
-_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped")
+_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped", "_end_epoch", "_end_pos")
 # Every tf.data function here is plain TF (no Python control flow on tensors): skip AutoGraph, it only costs time.
 _no_autograph = tf.autograph.experimental.do_not_convert
 _BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (batch-level ops)
@@ -86,7 +94,7 @@ DEFAULTS: dict[str, Any] = dict(
     audio_samples=0, max_text_len=16, num_captions=1, num_classes=0, num_clips=1, num_crops=1, pad_policy="loop",
     default_fps=25.0,
     tokenizer=None, extra_context=None, cache=False, cycle_length=16, num_parallel_calls=-1, threads=0,
-    prefetch=2, skip_errors=True, max_consecutive_errors=1000, check_files=None, eager_check=2,
+    prefetch=2, host_split="files", skip_errors=True, max_consecutive_errors=1000, check_files=None, eager_check=2,
 )
 
 
@@ -206,7 +214,17 @@ class _Builder:
     self.pp = pp_lib.build(spec, defaults=defaults, modules=inp.get("pp_modules") or ())
     self.batch_pp = pp_lib.build(inp.get("batch_pp") or None, modules=inp.get("pp_modules") or ())
     self.is_records = self.source.load_examples is None
-    self.files = (sources_lib.host_files(self.source.files, process_index, process_count, allow_empty=not train)
+    host_split = inp.get("host_split", "files")
+    if host_split not in ("files", "examples"):
+      raise ValueError(f"input.host_split={host_split!r}: expected 'files' or 'examples'.")
+    # 'examples': every host reads every shard in the same global order and keeps its rows of each global batch,
+    # so the global batches do not depend on the number of processes (exact multi-host reproducibility, at the
+    # price of each host reading all records; parsing and decoding stay per host).
+    self.split_examples = train and host_split == "examples" and process_count > 1
+    if self.split_examples and not self.is_records:
+      raise ValueError("input.host_split='examples' needs a record source (builtin or records).")
+    file_host, file_hosts = (0, 1) if self.split_examples else (process_index, process_count)
+    self.files = (sources_lib.host_files(self.source.files, file_host, file_hosts, allow_empty=not train)
                   if self.is_records else [])
     self.truncated_files = 0
     check = inp["check_files"]
@@ -214,7 +232,7 @@ class _Builder:
       check = not any("://" in f for f in self.files)
     if self.is_records and check:
       self.truncated_files = sum(sources_lib.scan_shard(f).truncated for f in self.files)
-    self.host_seed = _host_seed(self.seed, process_index)
+    self.host_seed = _host_seed(self.seed, file_host)
     self.options = tf.data.Options()
     self.options.deterministic = True
     if inp["threads"]:
@@ -236,6 +254,9 @@ class _Builder:
     out = self.pp(data)
     out = {k: v for k, v in out.items() if not k.startswith("_")}
     out.update(_seed=seed, _epoch=tf.cast(elem["_epoch"], tf.int64), _pos=tf.cast(elem["_pos"], tf.int64))
+    for key in ("_end_epoch", "_end_pos"):  # host_split='examples': end of this row's global batch
+      if key in elem:
+        out[key] = tf.cast(elem[key], tf.int64)
     return out
 
   def eager_check(self) -> None:
@@ -347,7 +368,21 @@ class _Builder:
       ds = ds.enumerate().skip(tf.where(epoch == start_epoch, tf.constant(start_pos, tf.int64), 0))
       return ds.map(lambda pos, p: {"payload": p, "_epoch": epoch, "_pos": pos})
 
-    return tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_stream)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_stream)
+    if self.split_examples:
+      # Group the (cheap, serialized) records into global batches and keep this host's rows [lo, lo + batch).
+      # Every row remembers where its global batch ends: that is where any host resumes, so all hosts stay
+      # aligned on global batches across restarts and epoch boundaries.
+      g, lo, n = self.batch * self.process_count, self.batch * self.process_index, self.batch
+
+      def host_rows(b):
+        out = {k: v[lo:lo + n] for k, v in b.items()}
+        out["_end_epoch"] = tf.fill([n], b["_epoch"][-1])
+        out["_end_pos"] = tf.fill([n], b["_pos"][-1])
+        return out
+
+      ds = ds.batch(g, drop_remainder=True).map(_no_autograph(host_rows)).unbatch()
+    return ds
 
   def finish_train(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     ds = self._processed(ds).batch(self.batch, drop_remainder=True)
@@ -399,6 +434,8 @@ class DataIterator:
       self._it = self._ds.as_numpy_iterator()
     batch = next(self._it)
     epochs, positions = batch.pop("_epoch"), batch.pop("_pos")
+    if "_end_epoch" in batch:  # host_split='examples': resume after the whole global batch
+      epochs, positions = batch.pop("_end_epoch"), batch.pop("_end_pos")
     self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
     batch.pop("_seed", None)
     # Examples leave the pipeline in (epoch, position) order: the last one is where to resume after.
