@@ -62,6 +62,16 @@ def _offsets(num_frames: int, stride: int, fps: float | None, src_fps: tf.Tensor
   return tf.range(num_frames, dtype=tf.int32) * stride
 
 
+def _clip_geometry(data, inkey, num_frames: int, stride: int, fps: float | None, default_fps: float):
+  """(frame keys, N frames, source fps, [F] frame offsets of one clip, its span in frames, the last start)."""
+  keys = _frame_keys(data, inkey)
+  n = _num_frames(data, keys)
+  src_fps = _source_fps(data, default_fps)
+  off = _offsets(num_frames, stride, fps, src_fps)
+  span = off[-1] + 1
+  return keys, n, src_fps, off, span, tf.maximum(n - span, 0)
+
+
 def _apply_pad(idx: tf.Tensor, n: tf.Tensor, span: tf.Tensor, pad: str) -> tf.Tensor:
   if pad == "loop":
     return tf.math.floormod(idx, tf.maximum(n, 1))
@@ -126,12 +136,7 @@ def sample_clip(num_frames: int, stride: int = 1, fps: float | None = None, rand
 
   def op(data):
     data = dict(data)
-    keys = _frame_keys(data, inkey)
-    n = _num_frames(data, keys)
-    src_fps = _source_fps(data, default_fps)
-    off = _offsets(num_frames, stride, fps, src_fps)
-    span = off[-1] + 1
-    max_start = tf.maximum(n - span, 0)
+    keys, n, src_fps, off, span, max_start = _clip_geometry(data, inkey, num_frames, stride, fps, default_fps)
     if random:
       start = tf.random.stateless_uniform([], pp.get_seed(data), 0, max_start + 1, dtype=tf.int32)
     else:
@@ -157,12 +162,7 @@ def sample_multiclip(num_clips: int, num_frames: int, stride: int = 1, fps: floa
 
   def op(data):
     data = dict(data)
-    keys = _frame_keys(data, inkey)
-    n = _num_frames(data, keys)
-    src_fps = _source_fps(data, default_fps)
-    off = _offsets(num_frames, stride, fps, src_fps)
-    span = off[-1] + 1
-    max_start = tf.maximum(n - span, 0)
+    keys, n, src_fps, off, span, max_start = _clip_geometry(data, inkey, num_frames, stride, fps, default_fps)
     if num_clips == 1:
       starts = tf.reshape(max_start // 2, [1])
     else:
