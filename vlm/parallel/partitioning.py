@@ -62,7 +62,8 @@ def logical_specs(boxed_tree: PyTree) -> PyTree:
   return nn.get_partition_spec(boxed_tree)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+  """A pytree key path as "a/b/0", the form used in logs, errors and tool reports."""
   return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
@@ -75,7 +76,7 @@ def check_logical_names(specs: PyTree) -> None:
       names = (name,) if isinstance(name, str) or name is None else tuple(name)
       for n in names:
         if n is not None and n not in axes.VOCABULARY:
-          bad.append(f"{_path_str(path)}: {n!r}")
+          bad.append(f"{path_str(path)}: {n!r}")
   if bad:
     raise ValueError(
         "Logical axis names outside the vocabulary of vlm/parallel/axes.py (add them there, with a rule "
@@ -110,7 +111,7 @@ def mesh_shardings(abstract_tree: PyTree, logical: PyTree, mesh: jax.sharding.Me
   for (path, leaf), spec in zip(flat_abstract, flat_logical):
     spec = P() if spec is None else spec
     mesh_spec = nn.logical_to_mesh_axes(tuple(spec), rules)
-    out.append(NamedSharding(mesh, _fit_spec(mesh_spec, leaf.shape, mesh, _path_str(path))))
+    out.append(NamedSharding(mesh, _fit_spec(mesh_spec, leaf.shape, mesh, path_str(path))))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -125,11 +126,11 @@ def shardings_like_params(abstract_tree: PyTree, abstract_params: PyTree, param_
   by_path = {}
   for (path, leaf), sharding in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
                                     jax.tree_util.tree_leaves(param_shardings)):
-    by_path[tuple(_path_str((k,)) for k in path)] = (leaf.shape, sharding)
+    by_path[tuple(path_str((k,)) for k in path)] = (leaf.shape, sharding)
   replicated = NamedSharding(mesh, P())
 
   def assign(path, leaf):
-    keys = tuple(_path_str((k,)) for k in path)
+    keys = tuple(path_str((k,)) for k in path)
     for start in range(len(keys)):
       hit = by_path.get(keys[start:])
       if hit is not None and tuple(hit[0]) == tuple(leaf.shape):
@@ -157,4 +158,4 @@ def activation_context(mesh: jax.sharding.Mesh, rules: Sequence[tuple[str, Any]]
 
 def describe(shardings: PyTree) -> dict[str, str]:
   """`{path: 'P(...)'}` for logging and tests."""
-  return {_path_str(p): str(s.spec) for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}
+  return {path_str(p): str(s.spec) for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]}

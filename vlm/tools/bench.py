@@ -28,13 +28,9 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
 from vlm.tools import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object.")
 _STEPS = flags.DEFINE_integer("steps", 7, "Timed steps after compilation and warm-up (median reported; >= 5).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _OBJECTIVE = flags.DEFINE_string("objective", None, "A partial objective from task.bench_objectives().")
@@ -143,9 +139,9 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
 
 def main(argv):
   del argv
-  report = bench(_CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, objective=_OBJECTIVE.value,
+  report = bench(common.CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, objective=_OBJECTIVE.value,
                  peak_n=_PEAK_N.value, peak_dtype=_PEAK_DTYPE.value)
-  if _JSON.value:
+  if common.JSON.value:
     json.dump(report, sys.stdout, indent=1)
     print()
     return

@@ -1,5 +1,15 @@
-"""Helpers shared by the command-line tools (no flags here: each tool module defines its own)."""
+"""Flags and helpers shared by the command-line tools.
+
+`--config` and `--json` are defined here, once, so that tool modules can import each other (and tests can import
+them all) without defining a flag twice; each tool defines only its own extra flags.
+"""
 from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.", lock_config=True)
+JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
 
 
 def cost_flops(compiled) -> float:

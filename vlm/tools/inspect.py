@@ -21,25 +21,18 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
+from vlm.parallel import partitioning
 from vlm.tools import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.",
-                                          lock_config=True)
-_JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables.")
 _FLOPS = flags.DEFINE_bool("flops", True, "Compile (not run) forward and train step for XLA's FLOP counts.")
-
-
-def _path(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
 
 
 def param_counts(params: Any, depth: int = 1) -> dict[str, int]:
   """{first `depth` path components: number of values}, sorted by name."""
   counts = collections.Counter()
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    counts["/".join(_path(path).split("/")[:depth])] += int(np.prod(leaf.shape))
+    counts["/".join(partitioning.path_str(path).split("/")[:depth])] += int(np.prod(leaf.shape))
   return dict(sorted(counts.items()))
 
 
@@ -67,7 +60,6 @@ def flops_per_example(config, task, setup, var_spec, state_spec) -> dict[str, fl
 
 def inspect(config, *, with_flops: bool = True) -> dict[str, Any]:
   """Everything the command prints, as a dict."""
-  from vlm.parallel import partitioning  # pylint: disable=g-import-not-at-top
   from vlm.train import trainer  # pylint: disable=g-import-not-at-top
   setup = trainer.setup_mesh(config)
   task = trainer.build_task(config)
@@ -86,7 +78,8 @@ def inspect(config, *, with_flops: bool = True) -> dict[str, Any]:
   if hasattr(task, "token_counts"):
     out["tokens_per_modality"] = {k: int(v) for k, v in task.token_counts().items()}
   specs = partitioning.describe(var_spec.param_shardings)
-  shapes = {_path(p): tuple(int(d) for d in x.shape) for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  shapes = {partitioning.path_str(p): tuple(int(d) for d in x.shape)
+            for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
   out["param_sharding"] = {k: {"shape": shapes.get(k), "spec": v} for k, v in specs.items()}
   if with_flops:
     out.update(flops_per_example(config, task, setup, var_spec, state_spec))
@@ -115,8 +108,8 @@ def _print(report: dict[str, Any]) -> None:
 
 def main(argv):
   del argv
-  report = inspect(_CONFIG.value, with_flops=_FLOPS.value)
-  if _JSON.value:
+  report = inspect(common.CONFIG.value, with_flops=_FLOPS.value)
+  if common.JSON.value:
     json.dump(report, sys.stdout, indent=1)
     print()
   else:

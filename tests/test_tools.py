@@ -1,0 +1,34 @@
+"""inspect and bench on small configs: counts add up, FLOPs are positive, MFU is a ratio of measured figures."""
+import os
+
+import numpy as np
+
+from vlm import config_lib
+from vlm.tools import bench
+from vlm.tools import inspect as inspect_tool
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_inspect_tiny_vatt():
+  config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
+  report = inspect_tool.inspect(config, with_flops=False)
+  assert set(report["params_per_tower"]) == {"video", "audio", "text", "head"}
+  assert sum(report["params_per_tower"].values()) == report["params_total"]
+  assert report["tokens_per_modality"]["video"] == 4 * 4 * 4  # 8x32x32 frames, 2x8x8 tubelets
+  assert report["tokens_per_modality"]["video_after_droptoken"] == 32
+  info = report["param_sharding"]["video/tokenizer/conv/kernel"]
+  assert info["shape"] == (2, 8, 8, 3, 64) and info["spec"] == "P(None, None, None, None, None)"
+
+
+def test_inspect_flops_and_bench_on_toy_task():
+  config = config_lib.load_config(os.path.join(ROOT, "tests/toy_task.py:steps=3,evals=false"))
+  report = inspect_tool.inspect(config)
+  assert report["forward_flops_per_example"] > 0
+  assert report["train_step_flops_per_example"] > report["forward_flops_per_example"]
+  result = bench.bench(config, steps=5, warmup=1)
+  assert len(result["step_seconds_all"]) == 5
+  assert result["model_flops_per_step"] > 0 and result["peak_flops_per_s"] > 0
+  np.testing.assert_allclose(result["mfu"], result["model_flops_per_step"] / result["step_seconds_median"]
+                             / result["peak_flops_per_s"], rtol=1e-6)
+  assert result["examples_per_s"] == config.input.batch_size / result["step_seconds_median"]
