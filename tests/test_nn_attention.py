@@ -27,11 +27,12 @@ def test_dense_matches_numpy_with_mask_and_bias():
   mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
   bias = jnp.asarray(np.random.default_rng(3).normal(size=(1, 3, 5, 5)), jnp.float32)
   want = _numpy_attention(q, k, v, mask, bias)
-  both = jax.jit(lambda *a: (attention.dense_attention(*a, mask=mask, bias=bias),
-                             attention.explicit_attention(*a, mask=mask, bias=bias)))
-  fused, explicit = both(q, k, v)
-  np.testing.assert_allclose(fused, want, atol=1e-5)
-  np.testing.assert_allclose(explicit, want, atol=1e-5)
+  run = jax.jit(lambda *a: [attention.dense_attention(*a, mask=mask, bias=bias, implementation=impl)
+                            for impl in ("auto", "fused", "explicit")])
+  for got in run(q, k, v):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+  with pytest.raises(ValueError, match="implementation='flash'"):
+    attention.dense_attention(q, k, v, implementation="flash")
 
 
 def test_attention_dropout_only_in_training():
@@ -90,3 +91,15 @@ def test_relative_position_bias_shape():
   assert out.shape == (1, 3, 7, 7)
   # Toeplitz: the bias depends on key - query only.
   np.testing.assert_allclose(out[0, :, 1:, 1:], out[0, :, :-1, :-1])
+
+
+def test_attention_dropout_keeps_the_configured_fraction_unbiased():
+  # Uniform attention over S keys on all-ones values: each output is (kept keys / S) / (1 - rate).
+  b, t, h, s, rate = 4, 64, 2, 256, 0.3
+  zeros = jnp.zeros((b, t, h, 8))
+  keys = jnp.zeros((b, s, h, 8))
+  out = attention.explicit_attention(zeros, keys, jnp.ones((b, s, h, 8)), dropout_rate=rate,
+                                     dropout_rng=jax.random.PRNGKey(0), deterministic=False)
+  kept = np.asarray(out[..., 0]) * (1 - rate)  # fraction of keys kept per query
+  assert abs(kept.mean() - (1 - rate)) < 0.005
+  assert abs(np.asarray(out).mean() - 1.0) < 0.01

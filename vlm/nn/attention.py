@@ -3,8 +3,9 @@
 The kernel is chosen by name (`MultiHeadAttention.attention`), so a family can swap the dense kernel for a
 sparse one without touching the layer:
 
-  'dense'   `dense_attention`: `jax.nn.dot_product_attention` (XLA everywhere; cuDNN flash kernels on GPUs
-            where it applies), or an explicit einsum softmax when attention-probability dropout is active.
+  'dense'   `dense_attention`: on GPUs `jax.nn.dot_product_attention` (cuDNN flash kernels where they apply);
+            elsewhere, and whenever attention-probability dropout is active, the explicit einsum softmax.
+            `attention_kwargs={'implementation': ...}` forces one ('auto' | 'fused' | 'explicit').
 
 A new kernel registers itself with `@register_attention('name')` and takes the same arguments as
 `dense_attention` (plus its own keyword options, passed through `MultiHeadAttention.attention_kwargs`).
@@ -57,7 +58,10 @@ def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("Attention dropout needs dropout_rng.")
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    # Compare raw 32-bit draws with a threshold instead of `bernoulli` (which makes uniform floats first): the
+    # mask is [B, H, T, S], the largest random tensor of a step, and this is ~1.6x faster on XLA:CPU.
+    threshold = np.uint32(min(round((1.0 - dropout_rate) * 2.0 ** 32), 2 ** 32 - 1))
+    keep = jax.random.bits(dropout_rng, weights.shape, jnp.uint32) < threshold
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   return jnp.einsum("bhts,bshd->bthd", weights.astype(value.dtype), value)
 
@@ -65,8 +69,12 @@ def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=
 @register_attention("dense")
 def dense_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                     bias: jax.Array | None = None, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                    deterministic: bool = True) -> jax.Array:
+                    deterministic: bool = True, implementation: str = "auto") -> jax.Array:
   """Dense softmax attention.
+
+  Why two paths: on XLA:CPU `jax.nn.dot_product_attention` lowers to a generic graph that is about 1.8x slower
+  (forward + backward, N = 785, H = 12, K = 64: 794 ms against 432 ms) than the explicit einsum softmax, while
+  on GPUs it reaches the fused cuDNN kernels. 'auto' takes the fused call on GPUs only.
 
   Args:
     query: [B, T, H, K] queries.
@@ -77,14 +85,21 @@ def dense_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
     dropout_rate: dropout on the attention probabilities (VATT applies 0.1 in training).
     dropout_rng: key for that dropout; needed only when it is active.
     deterministic: True disables dropout.
+    implementation: 'auto' (fused on GPU, explicit elsewhere), 'fused' (`jax.nn.dot_product_attention`) or
+      'explicit' (`explicit_attention`).
 
   Returns:
     [B, T, H, K] attended values.
   """
-  if not deterministic and dropout_rate > 0.0:
+  if implementation not in ("auto", "fused", "explicit"):
+    raise ValueError(f"dense attention implementation={implementation!r}; expected 'auto', 'fused' or "
+                     "'explicit'.")
+  if implementation == "auto":
+    implementation = "fused" if jax.default_backend() == "gpu" else "explicit"
+  if implementation == "explicit" or (not deterministic and dropout_rate > 0.0):
     # The fused kernel has no dropout on the probabilities; VATT's release applies it, so write it out.
     return explicit_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
-                              dropout_rng=dropout_rng, deterministic=False)
+                              dropout_rng=dropout_rng, deterministic=deterministic)
   if bias is not None:
     bias = bias.astype(query.dtype)
   if mask is not None:
