@@ -26,8 +26,11 @@ setuptools.setup(
     extras_require={
         # PyAV decodes mp4/avi/mpg/webm for the record writer and the data benchmark only.
         "media": ["av>=18.1", "soundfile>=0.14"],
+        # Parity tests run HF transformers' PyTorch models (random weights saved in the test) against ours.
+        "parity": ["torch>=2.2", "transformers>=4.40", "safetensors>=0.4"],
         "test": ["pytest>=8", "pytest-xdist>=3", "nbmake>=1.5", "av>=18.1",
-                 "soundfile>=0.14", "safetensors>=0.4", "matplotlib>=3.8"],
+                 "soundfile>=0.14", "safetensors>=0.4", "matplotlib>=3.8",
+                 "torch>=2.2", "transformers>=4.40"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "gpu": ["jax[cuda12]>=0.10.2"],
         "colab": ["matplotlib>=3.8"],
