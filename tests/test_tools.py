@@ -32,3 +32,9 @@ def test_inspect_flops_and_bench_on_toy_task():
   np.testing.assert_allclose(result["mfu"], result["model_flops_per_step"] / result["step_seconds_median"]
                              / result["peak_flops_per_s"], rtol=1e-6)
   assert result["examples_per_s"] == config.input.batch_size / result["step_seconds_median"]
+  # A baseline doing twice the FLOPs in three times the time: 2x FLOPs, 3x time, 1.5x better than the FLOPs say.
+  slower = dict(result, model_flops_per_step=2 * result["model_flops_per_step"],
+                step_seconds_median=3 * result["step_seconds_median"])
+  ratios = bench.compare(result, slower)
+  np.testing.assert_allclose([ratios["flops_ratio"], ratios["step_time_ratio"], ratios["speedup_vs_flops_ideal"]],
+                             [2.0, 3.0, 1.5])

@@ -19,6 +19,13 @@ tcmalloc (`apt install libtcmalloc-minimal4`, then
 `LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`) measured 1.3-1.55x faster on a 12-layer
 ViT-B step; the report names the allocator in use.
 
+`--baseline=FILE:ARG` (with `--baseline_objective`, `--baseline.x=y` overrides) times a second config in the same
+run and prints the ratios that compare two models: FLOPs ratio (baseline / this, from XLA's cost analysis),
+step-time ratio (baseline / this: the measured speed-up) and their quotient (1.0 = the speed-up the FLOPs
+promise), e.g. TubeViT-B against a dense ViT-B, or sparse against dense attention:
+
+  python -m vlm.tools.bench --config=configs/tubevit/kinetics.py:B --baseline=configs/tubevit/kinetics.py:B,dense
+
 `--objective=NAME` times a partial objective the task exposes in `task.bench_objectives()` (e.g. VATT's
 `video_tower`: the video transformer alone, trained through a stand-in loss) instead of the full loss.
 No data pipeline runs: inputs are random arrays with the task's `dummy_batch` shapes.
@@ -34,6 +41,7 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 import jax
+from ml_collections import config_flags
 import numpy as np
 
 from vlm.tools import common
@@ -42,6 +50,9 @@ _STEPS = flags.DEFINE_integer("steps", 7, "Timed steps after compilation and war
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _OBJECTIVE = flags.DEFINE_string("objective", None, "A partial objective from task.bench_objectives().")
 _PEAK_N = flags.DEFINE_integer("peak_n", 0, "Matmul size for the peak (0: 2048 on CPU, 8192 elsewhere).")
+_BASELINE = config_flags.DEFINE_config_file("baseline", None, "Optional second config (FILE:ARG) timed in the "
+                                           "same run for FLOPs and step-time ratios.", lock_config=True)
+_BASELINE_OBJECTIVE = flags.DEFINE_string("baseline_objective", None, "--objective for the baseline config.")
 _PEAK_DTYPE = flags.DEFINE_string("peak_dtype", "", "Matmul dtype for the peak ('' : float32 on CPU, else bf16).")
 
 
@@ -158,20 +169,42 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
   }
 
 
-def main(argv):
-  del argv
-  report = bench(common.CONFIG.value, steps=_STEPS.value, warmup=_WARMUP.value, objective=_OBJECTIVE.value,
-                 peak_n=_PEAK_N.value, peak_dtype=_PEAK_DTYPE.value)
-  if common.JSON.value:
-    json.dump(report, sys.stdout, indent=1)
-    print()
-    return
+def compare(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, float]:
+  """Ratios of two `bench` reports: FLOPs and step time of the baseline over the candidate, and their quotient."""
+  flops_ratio = baseline["model_flops_per_step"] / report["model_flops_per_step"]
+  time_ratio = baseline["step_seconds_median"] / report["step_seconds_median"]
+  return {"flops_ratio": flops_ratio, "step_time_ratio": time_ratio,
+          "speedup_vs_flops_ideal": time_ratio / flops_ratio}
+
+
+def _print_report(report: dict[str, Any]) -> None:
   print(f"== {report['config']} on {report['device']}, batch {report['batch_size']}, {report['allocator']}")
   print(f"compile {report['compile_seconds']:.1f}s; step median {report['step_seconds_median'] * 1e3:.1f} ms "
         f"over {len(report['step_seconds_all'])} steps -> {report['examples_per_s']:.2f} examples/s")
   print(f"model FLOPs per step (XLA cost analysis): {report['model_flops_per_step'] / 1e9:.2f} GFLOP")
   print(f"achieved {report['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak ({report['peak_matmul']} matmul, "
         f"best of before/after) {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s; MFU {report['mfu']:.3f}")
+
+
+def main(argv):
+  del argv
+  kwargs = dict(steps=_STEPS.value, warmup=_WARMUP.value, peak_n=_PEAK_N.value, peak_dtype=_PEAK_DTYPE.value)
+  report = bench(common.CONFIG.value, objective=_OBJECTIVE.value, **kwargs)
+  if _BASELINE.value is not None:
+    baseline = bench(_BASELINE.value, objective=_BASELINE_OBJECTIVE.value, **kwargs)
+    report = {"candidate": report, "baseline": baseline, **compare(report, baseline)}
+  if common.JSON.value:
+    json.dump(report, sys.stdout, indent=1)
+    print()
+    return
+  if "baseline" not in report:
+    _print_report(report)
+    return
+  _print_report(report["candidate"])
+  print("-- baseline:")
+  _print_report(report["baseline"])
+  print(f"baseline / candidate: FLOPs {report['flops_ratio']:.2f}x, step time {report['step_time_ratio']:.2f}x; "
+        f"speed-up / FLOPs ideal = {report['speedup_vs_flops_ideal']:.2f}")
 
 
 if __name__ == "__main__":
