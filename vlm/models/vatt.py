@@ -52,6 +52,7 @@ import jax.numpy as jnp
 from vlm.models.tokenizers import audio as audio_tok
 from vlm.models.tokenizers import text as text_tok
 from vlm.models.tokenizers import video as video_tok
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import droptoken as droptoken_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
@@ -204,7 +205,7 @@ class Tower(nn.Module):
                                       resize_method=self.resize_method, dtype=self.dtype,
                                       name="posemb")(x, grid=grid, train=train)
     else:  # As the release's T5 encoder: dropout on the input embeddings.
-      x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+      x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
     aux: dict[str, Any] = {"grid": grid}
     if self.droptoken_keep_rate < 1.0:
       if mask is not None:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 
 AttentionFn = Callable[..., jax.Array]
@@ -58,10 +59,8 @@ def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("Attention dropout needs dropout_rng.")
-    # Compare raw 32-bit draws with a threshold instead of `bernoulli` (which makes uniform floats first): the
-    # mask is [B, H, T, S], the largest random tensor of a step, and this is ~1.6x faster on XLA:CPU.
-    threshold = np.uint32(min(round((1.0 - dropout_rate) * 2.0 ** 32), 2 ** 32 - 1))
-    keep = jax.random.bits(dropout_rng, weights.shape, jnp.uint32) < threshold
+    # The [B, H, T, S] mask is the largest random tensor of a step: see vlm/nn/dropout.py for its cost.
+    keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
   return jnp.einsum("bhts,bshd->bthd", weights.astype(value.dtype), value)
 

@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 
 # VATT's released code uses Keras' exact (erf) GELU, not the tanh approximation that jax.nn.gelu defaults to.
@@ -40,7 +41,7 @@ class MlpBlock(nn.Module):
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.MLP,)))(x)
     x = self.activation(x)
     x = nn.with_logical_constraint(x, (ax.BATCH, ax.TOKENS, ax.ACT_MLP))
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+    x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=deterministic)
     return nn.Dense(d, use_bias=self.use_bias, dtype=self.dtype, name="wo",
                     kernel_init=nn.with_logical_partitioning(init, (ax.MLP, ax.EMBED)),
                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)))(x)

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 
 
@@ -164,4 +165,4 @@ class FactorizedPosEmb(nn.Module):
     if pos.shape[0] != x.shape[1]:
       raise ValueError(f"{x.shape[1]} tokens do not fill the grid {tuple(grid)}.")
     x = x + pos.astype(self.dtype)[None]
-    return nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    return dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)

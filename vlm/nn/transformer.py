@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import attention as attention_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
@@ -61,11 +62,11 @@ class EncoderBlock(nn.Module):
         num_heads=self.num_heads, head_dim=head_dim, dropout_rate=self.attention_dropout_rate,
         use_bias=self.use_bias, attention=self.attention, attention_kwargs=self.attention_kwargs,
         dtype=self.dtype, name="attention")(y, mask=mask, bias=bias, train=not deterministic)
-    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + dropout_lib.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(self.layer_norm_epsilon, self.dtype, "ln_mlp")(x)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, use_bias=self.use_bias,
                          dtype=self.dtype, name="mlp")(y, deterministic=deterministic)
-    x = x + nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+    x = x + dropout_lib.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     return x, None
 
 
@@ -145,5 +146,5 @@ class Encoder(nn.Module):
         x, _ = block(name=f"encoderblock_{i:02d}", **block_kwargs)(x, mask, bias, not train)
     aux = {"pre_norm": x}
     x = layer_norm(self.layer_norm_epsilon, self.dtype, "encoder_norm")(x)
-    x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
     return x, aux
