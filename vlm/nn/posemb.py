@@ -166,3 +166,36 @@ class FactorizedPosEmb(nn.Module):
       raise ValueError(f"{x.shape[1]} tokens do not fill the grid {tuple(grid)}.")
     x = x + pos.astype(self.dtype)[None]
     return dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
+
+
+def sincos_3d(centres: np.ndarray, dim: int, *, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 3-D sine-cosine embedding of (t, y, x) positions (TubeViT: at each token's tube centre).
+
+  The width is split over the three axes with an even share each: t gets 2 * ((dim // 3) // 2) channels, y and x
+  share the rest equally (rounded down to even), and any remainder (dim = 1280: 2 channels) is zero. Each axis
+  share of n channels is [sin(p * w_i), cos(p * w_i)] with w_i = temperature ** -(i / (n / 2)), i < n / 2, as in
+  the port's `get_3d_sincos_pos_embed`, but correct for H != W and for widths the port rejects (ViT-L 1024: its
+  2D/3 spatial share is odd per axis).
+
+  Args:
+    centres: [N, 3] (t, y, x) positions in input frames and pixels.
+    dim: embedding width (any >= 6).
+
+  Returns:
+    [N, dim] float32 (numpy: the table is a constant, not a parameter).
+  """
+  centres = np.asarray(centres, np.float64)
+  if centres.ndim != 2 or centres.shape[1] != 3:
+    raise ValueError(f"centres of shape {centres.shape}; expected [N, 3] (t, y, x).")
+  if dim < 6:
+    raise ValueError(f"sincos_3d dim={dim}; expected >= 6 (two channels per axis).")
+  n_t = 2 * ((dim // 3) // 2)
+  n_s = 2 * (((dim - n_t) // 2) // 2)
+  parts = []
+  for axis, n in zip(range(3), (n_t, n_s, n_s)):
+    omega = temperature ** -(np.arange(n // 2, dtype=np.float64) / (n / 2))
+    angle = centres[:, axis:axis + 1] * omega[None]
+    parts += [np.sin(angle), np.cos(angle)]
+  out = np.concatenate(parts, axis=1)
+  out = np.pad(out, ((0, 0), (0, dim - out.shape[1])))
+  return out.astype(np.float32)
