@@ -62,10 +62,8 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
                                      'examples' (every host reads all shards and keeps its rows of each global
                                      batch: identical global batches for any process count while no record is
                                      skipped; for small datasets and reproducibility checks)
-  input.host_split: str = 'files'    training records per host: 'files' (host i reads shards i::n; scales) or
-                                     'examples' (every host reads all shards and keeps its rows of each global
-                                     batch: identical global batches for any process count while no record is
-                                     skipped; for small datasets and reproducibility checks)
+  input.mixture: dict = None         several datasets mixed by weight, one per global batch, each example tagged
+                                     with `dataset` (joint image + video training): see vlm/data/mixture.py
   input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
   input.max_consecutive_errors: int = 1000   fail when this many records in a row are skipped
   input.check_files: bool | None     walk the host's shard headers at start to find truncated files (None:
@@ -462,6 +460,10 @@ def make_train_iterator(config, *, process_index: int, process_count: int,
   Returns:
     A `DataIterator`.
   """
+  if config.input.get("mixture", None) is not None:  # several datasets, one per batch (vlm/data/mixture.py)
+    from vlm.data import mixture  # pylint: disable=g-import-not-at-top
+    return mixture.make_mixture_iterator(config, process_index=process_index, process_count=process_count,
+                                         state=state)
   inp = input_config(config)
   b = _Builder(config, inp, process_index, process_count, train=True)
   epoch, position, skipped = 0, 0, {}

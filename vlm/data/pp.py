@@ -281,12 +281,23 @@ def rename(**new_to_old: str) -> Op:
 
 @register()
 @in_key_out_key("label_index", "label")
-def label(default: int = -1):
-  """First class index: int32 [M] -> int32 [] (`default` when the record has no label)."""
+def label(default: int = -1, num_classes: int = 0, dataset: str = ""):
+  """First class index: int32 [M] -> int32 [] (`default` when the record has no label).
+
+  With `num_classes` > 0 a label outside [0, num_classes) is an error naming the label, the range and `dataset`
+  (the first records are checked eagerly before training, so a wrong class count fails at once; a stray bad
+  record later is counted and skipped like any corrupt record).
+  """
 
   def fn(x):
     x = tf.reshape(tf.cast(x, tf.int32), [-1])
-    return tf.cond(tf.size(x) > 0, lambda: x[0], lambda: tf.constant(default, tf.int32))
+    y = tf.cond(tf.size(x) > 0, lambda: x[0], lambda: tf.constant(default, tf.int32))
+    if num_classes > 0:
+      ok = tf.logical_and(y >= 0, y < num_classes)
+      with tf.control_dependencies([tf.debugging.Assert(ok, [
+          f"label outside the class range [0, {num_classes}) of dataset {dataset or '?'}: label =", y])]):
+        y = tf.identity(y)
+    return y
 
   return fn
 

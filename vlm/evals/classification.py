@@ -1,0 +1,156 @@
+"""Multi-view classification: top-1, top-5 and mAP, with an optional shuffled-frame probe.
+
+Each test video comes as V views (temporal clips x spatial crops: `input.num_clips` x `input.num_crops`, e.g.
+4 x 3 in VATT B.5 and TubeViT); the evaluator averages the views' logits (`average='logits'`, the default) or
+softmax probabilities (`average='probs'`) and scores the average.
+
+Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` every view is also evaluated with its frames in a
+random order (one fixed permutation per view, seeded), and the metrics come back twice, the second set suffixed
+`_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled. A model that reads motion loses accuracy; a
+bag-of-frames model does not.
+
+Config (`config.evals.<name>`):
+  type: 'classification'.
+  head: the task head to score (default: its first).
+  every_steps: run every N training steps (and at the end, and in `--mode=eval`).
+  input: overrides of config.input for the test split; batches carry `video` [B, V, F, H, W, 3] (or
+    [B, F, H, W, 3]: one view), `label` [B] or multi-hot `labels` [B, C], and `_mask` [B].
+  average ['logits' | 'probs'].
+  shuffle_frames [False]; shuffle_seed [0].
+  max_examples [0 = all].
+
+mAP: per class, the average of the precision at each positive's rank (ties pessimistic), averaged over the
+classes that have a positive (the Charades protocol). Single-label runs report it too (one positive per example).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+
+def topk_accuracy(scores: np.ndarray, label: np.ndarray, k: int) -> float:
+  """Percent of rows whose label is among the k highest scores (ties pessimistic)."""
+  scores = np.asarray(scores, np.float64)
+  target = scores[np.arange(len(label)), label][:, None]
+  above = (scores > target).sum(1) + ((scores == target).sum(1) - 1)
+  return float(100.0 * np.mean(above < k))
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+  """mAP in percent over the classes with at least one positive; `targets` [N, C] multi-hot."""
+  scores = np.asarray(scores, np.float64)
+  targets = np.asarray(targets) > 0
+  aps = []
+  for c in range(scores.shape[1]):
+    pos = targets[:, c]
+    if not pos.any():
+      continue
+    s = scores[:, c]
+    precisions = []
+    for i in np.flatnonzero(pos):
+      rank = (s >= s[i]).sum()  # pessimistic: ties count above
+      hits = (s[pos] >= s[i]).sum()
+      precisions.append(hits / rank)
+    aps.append(np.mean(precisions))
+  return float(100.0 * np.mean(aps)) if aps else 0.0
+
+
+def frame_permutations(num_views: int, num_frames: int, seed: int) -> np.ndarray:
+  """[V, F] fixed random frame orders (never the identity when F > 1)."""
+  rng = np.random.default_rng(seed)
+  perms = []
+  for _ in range(num_views):
+    p = rng.permutation(num_frames)
+    while num_frames > 1 and np.array_equal(p, np.arange(num_frames)):
+      p = rng.permutation(num_frames)
+    perms.append(p)
+  return np.stack(perms)
+
+
+class Evaluator:
+  """Multi-view classification on a test split (see the module docstring)."""
+
+  def __init__(self, config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, task: Any,
+               mesh: jax.sharding.Mesh):
+    self.config = config
+    self.eval_cfg = eval_cfg
+    self.task = task
+    self.mesh = mesh
+    self.head = eval_cfg.get("head", None) or task.head_names[0]
+    if self.head not in task.head_names:
+      raise ValueError(f"evals head={self.head!r}; the task has heads {task.head_names}.")
+    self.average = eval_cfg.get("average", "logits")
+    if self.average not in ("logits", "probs"):
+      raise ValueError(f"evals average={self.average!r}; expected 'logits' or 'probs'.")
+    self._scores = jax.jit(self._scores_fn)
+
+  def _scores_fn(self, variables, video, perm):
+    """video [B, V, F, H, W, 3], perm [V, F] -> view-averaged scores [B, C]."""
+    b, v, f = video.shape[:3]
+    video = jnp.take_along_axis(video, perm[None, :, :, None, None, None], axis=2)
+    flat = video.reshape((b * v,) + video.shape[2:])
+    logits = self.task.predict_logits(variables, {"video": flat}, head=self.head).reshape(b, v, -1)
+    if self.average == "probs":
+      logits = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    return logits.mean(axis=1)
+
+  def _collect(self, variables, shuffle: bool):
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
+    from vlm.parallel import multihost, partitioning  # pylint: disable=g-import-not-at-top
+    sharding = partitioning.batch_sharding(self.mesh)
+    it = pipeline.make_eval_iterator(self.config, self.eval_cfg.input, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    scores, labels = [], []
+    for batch in it:
+      video = batch["video"]
+      if video.ndim == 5:
+        video = video[:, None]
+      target_key = "labels" if "labels" in batch else "label"
+      v, f = video.shape[1:3]
+      perm = (frame_permutations(v, f, int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle
+              else np.tile(np.arange(f), (v, 1)))
+      g = multihost.global_batch({"video": video, target_key: batch[target_key], "_mask": batch["_mask"]},
+                                 sharding)
+      s = self._scores(variables, g["video"], jnp.asarray(perm, jnp.int32))
+      s, y, mask = (np.asarray(a) for a in multihost_utils.process_allgather((s, g[target_key], g["_mask"]),
+                                                                              tiled=True))
+      scores.append(s[mask > 0])
+      labels.append(y[mask > 0])
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
+    limit = int(self.eval_cfg.get("max_examples", 0) or 0)
+    return (scores[:limit], labels[:limit]) if limit else (scores, labels)
+
+  @staticmethod
+  def metrics(scores: np.ndarray, labels: np.ndarray, suffix: str = "") -> dict[str, float]:
+    """top1 / top5 (single label) and mAP from view-averaged scores."""
+    out = {}
+    if labels.ndim == 1:
+      out[f"top1{suffix}"] = topk_accuracy(scores, labels, 1)
+      out[f"top5{suffix}"] = topk_accuracy(scores, labels, min(5, scores.shape[1]))
+      hot = np.eye(scores.shape[1])[labels]
+    else:
+      hot = labels
+    out[f"mAP{suffix}"] = mean_average_precision(scores, hot)
+    return out
+
+  def run(self, variables: dict, step: int) -> dict[str, float]:
+    start = time.time()
+    scores, labels = self._collect(variables, shuffle=False)
+    metrics = self.metrics(scores, labels)
+    if self.eval_cfg.get("shuffle_frames", False):
+      shuffled = self.metrics(*self._collect(variables, shuffle=True), suffix="_shuffled")
+      for name in list(metrics):
+        metrics[f"{name}_shuffle_drop"] = metrics[name] - shuffled[f"{name}_shuffled"]
+      metrics.update(shuffled)
+    metrics["num_examples"] = float(len(scores))
+    metrics["chance_top1"] = 100.0 / scores.shape[1]
+    logging.info("classification (%s): %d examples in %.1fs at step %d: %s", self.head, len(scores),
+                 time.time() - start, step, {k: round(v, 2) for k, v in metrics.items()})
+    return metrics

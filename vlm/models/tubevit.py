@@ -1,0 +1,136 @@
+"""TubeViT: a ViT over sparse video tubes (Piergiovanni et al. 2022; supplement tables 2 and 3).
+
+video [B, T, H, W, 3] -> SparseTubeTokenizer (vlm/nn/tubes.py) -> + fixed 3-D sin-cos embedding at each token's
+tube centre (vlm/nn/posemb.py `sincos_3d`) -> [CLS] -> pre-norm ViT encoder (vlm/nn/transformer.py) -> pooled
+feature [B, D]. Images are clips with T = 1: only the tubes that fit a single frame tokenise them (section 1),
+and the same weights serve both.
+
+Sizes (table 2): B 12 layers / 768 / MLP 3072 / 12 heads (86M), L 24 / 1024 / 4096 / 16 (307M), H 32 / 1280 /
+5120 / 16 (632M), and 'tiny' 2 / 64 / 128 / 2 for CPU runs. Our counts (tests/test_models_tubevit.py, table 3's
+shared 8x8x8 kernel, CLS token, no head): B 86.24M, L 303.89M, H 631.65M against 86M, 307M, 632M; table 2
+counts the image ViTs with their 16x16 patch embedding and learned position table, which a fixed sin-cos
+embedding does not have (ViT-B/16: +0.15M positions, a 1000-way head +0.77M).
+
+Pooling: 'cls' (the standard ViT the paper builds on; the CLS token gets a zero position embedding) or 'gap'
+(mean of the tube tokens). For image-ViT parity and checkpoints, `posemb='learned'` adds a ViT-style learned
+table over [CLS] + tokens (vlm/models/vit_checkpoints.py).
+
+Config fields (config.model), read by `build_backbone`:
+  name ['tubevit']; variant ['B'] ('B' | 'L' | 'H'); tiny [False] (the tiny size whatever the variant);
+  tubes ['table3'] (preset, table 5 notation or a list of dicts: vlm/nn/tubes.py `parse_tubes`);
+  base_kernel [(8, 8, 8)]; shared_kernel [True]; posemb ['sincos' | 'learned']; pool ['cls' | 'gap'];
+  dropout_rate [0.0]; attention_dropout_rate [0.0]; layer_norm_epsilon [1e-6] (HF ViT: 1e-12);
+  remat [False]; scan [False]; attention ['dense']; dtype ['float32'].
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from vlm.nn import dropout as dropout_lib
+from vlm.nn import logical as ax
+from vlm.nn import posemb as posemb_lib
+from vlm.nn import transformer
+from vlm.nn import tubes as tubes_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  num_layers: int
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
+
+
+SIZES = {"B": Size(12, 768, 3072, 12), "L": Size(24, 1024, 4096, 16), "H": Size(32, 1280, 5120, 16),
+         "tiny": Size(2, 64, 128, 2)}
+TABLE2_PARAMS = {"B": 86e6, "L": 307e6, "H": 632e6}
+
+
+class Model(nn.Module):
+  """TubeViT backbone: video [B, T, H, W, 3] -> (features [B, D], aux)."""
+  variant: str = "B"
+  tubes: Any = "table3"
+  base_kernel: tuple[int, int, int] = (8, 8, 8)
+  shared_kernel: bool = True
+  posemb: str = "sincos"
+  pool: str = "cls"
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  remat: bool = False
+  scan: bool = False
+  attention: str = "dense"
+  dtype: Any = jnp.float32
+
+  def size(self) -> Size:
+    if self.variant not in SIZES:
+      raise ValueError(f"TubeViT variant={self.variant!r}; expected one of {sorted(SIZES)}.")
+    return SIZES[self.variant]
+
+  def token_counts(self, shape) -> dict[str, int]:
+    """Tokens per tube on a (T, H, W) input (vlm/nn/tubes.py), for the inspect tool."""
+    return tubes_lib.tube_token_counts(tubes_lib.parse_tubes(self.tubes), shape)
+
+  @nn.compact
+  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    if self.posemb not in ("sincos", "learned"):
+      raise ValueError(f"posemb={self.posemb!r}; expected 'sincos' or 'learned'.")
+    if self.pool not in ("cls", "gap"):
+      raise ValueError(f"pool={self.pool!r}; expected 'cls' or 'gap'.")
+    size = self.size()
+    d = size.hidden_size
+    x, aux = tubes_lib.SparseTubeTokenizer(tubes_lib.parse_tubes(self.tubes), d, tuple(self.base_kernel),
+                                           self.shared_kernel, dtype=self.dtype, name="tubes")(video)
+    b = x.shape[0]
+    if self.pool == "cls":
+      cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.zeros, (None, None, ax.EMBED)),
+                       (1, 1, d), jnp.float32)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x], axis=1)
+    if self.posemb == "sincos":
+      table = posemb_lib.sincos_3d(aux["centres"], d)
+      if self.pool == "cls":  # the CLS token has no position: zero embedding
+        table = jnp.concatenate([jnp.zeros((1, d), table.dtype), table], axis=0)
+      x = x + jnp.asarray(table, x.dtype)[None]
+    else:
+      table = self.param("pos_embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                       (None, None, ax.EMBED)),
+                         (1, x.shape[1], d), jnp.float32)
+      x = x + table.astype(x.dtype)
+    x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x, enc_aux = transformer.Encoder(
+        num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        attention=self.attention, layer_norm_epsilon=self.layer_norm_epsilon, remat=self.remat,
+        scan=self.scan, dtype=self.dtype, name="encoder")(x, train=train)
+    features = x[:, 0] if self.pool == "cls" else x.mean(axis=1)
+    return features, {**aux, "tokens": x, **enc_aux}
+
+
+def build_backbone(config: ml_collections.ConfigDict) -> Model:
+  """The classification backbone from config.model (fields in the module docstring)."""
+  m = config.model
+  dtype = m.get("dtype", "float32")
+  return Model(
+      variant="tiny" if m.get("tiny", False) else m.get("variant", "B"),
+      tubes=_plain(m.get("tubes", "table3")),
+      base_kernel=tuple(m.get("base_kernel", (8, 8, 8))),
+      shared_kernel=bool(m.get("shared_kernel", True)),
+      posemb=m.get("posemb", "sincos"), pool=m.get("pool", "cls"),
+      dropout_rate=float(m.get("dropout_rate", 0.0)),
+      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.0)),
+      layer_norm_epsilon=float(m.get("layer_norm_epsilon", 1e-6)),
+      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)), attention=m.get("attention", "dense"),
+      dtype=jnp.dtype(dtype) if isinstance(dtype, str) else dtype)
+
+
+def _plain(spec: Any) -> Any:
+  """ConfigDict / FieldReference-free tube spec (hashable for a flax field)."""
+  if isinstance(spec, str):
+    return spec
+  return tuple(tubes_lib.parse_tubes([dict(item) if hasattr(item, "items") else item for item in spec]))
