@@ -437,3 +437,60 @@ def tower_params(params: Mapping[str, Any], modality: str) -> int:
   if "backbone" in params:
     n += count_params(params["backbone"])
   return n
+
+
+class VideoBackbone(nn.Module):
+  """VATT's video tower alone, as a classification backbone (fine-tuning B.5, linear evaluation B.8).
+
+  Submodule names match `Model` ('video', and 'backbone' for the modality-agnostic shared Transformer), so a
+  pre-training checkpoint's `params['video']` (and `params['backbone']`) load into it unchanged
+  (vlm/tasks/classification.py `adapt_init_params`). The positional tables keep their pre-training buckets and
+  are resampled on the fly when the fine-tuning grid differs (B.5: 320 crops; DESIGN decision 1).
+  """
+  variant: str = "BBS"
+  tiny: bool = False
+  video_patch_size: tuple[int, int, int] = (4, 16, 16)
+  video_pos_buckets: tuple[int, int, int] = (8, 14, 14)
+  droptoken_rate: float = 0.0
+  post_projection_dim: int = 1024
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  attention: str = "dense"
+  resize_method: str = "spline"
+  remat: bool = False
+  scan: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    agnostic, sizes = decode_variant(self.variant, tiny=self.tiny)
+    common = dict(dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                  attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype,
+                  resize_method=self.resize_method, patch_size=tuple(self.video_patch_size),
+                  pos_buckets=tuple(self.video_pos_buckets), droptoken_keep_rate=1.0 - self.droptoken_rate)
+    if agnostic:
+      size = sizes["shared"]
+      self.backbone = transformer.Encoder(
+          num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
+          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+          attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype)
+      self.video = Tower("video", size, shared_encoder=self.backbone, pre_projection=True,
+                         post_projection=self.post_projection_dim, **common)
+    else:
+      self.video = Tower("video", sizes["video"], **common)
+
+  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """[B, F, H, W, 3] -> (pooled aggregation-token feature [B, D], tower aux)."""
+    return self.video(video, train=train)
+
+
+def build_backbone(config) -> VideoBackbone:
+  """The classification backbone for config.model.name = 'vatt' (fields as in vlm/tasks/vatt_pretrain.py)."""
+  from vlm.tasks import vatt_pretrain  # pylint: disable=g-import-not-at-top  (the task imports this module)
+  kw = vatt_pretrain.model_kwargs(config)
+  return VideoBackbone(
+      variant=kw["variant"], tiny=kw["tiny"], video_patch_size=kw["video_patch_size"],
+      video_pos_buckets=kw["video_pos_buckets"], droptoken_rate=float(config.model.get("droptoken_rate", 0.0)),
+      post_projection_dim=int(config.model.get("post_projection_dim", 1024)),
+      dropout_rate=kw["dropout_rate"], attention_dropout_rate=kw["attention_dropout_rate"],
+      attention=kw["attention"], resize_method=kw["resize_method"], remat=kw["remat"], scan=kw["scan"],
+      dtype=kw["dtype"])

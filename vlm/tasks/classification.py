@@ -168,6 +168,43 @@ class Task:
       raise ValueError(f"the batch has neither 'label' nor 'labels' with {classes} classes for head {name!r}.")
     return smooth_onehot(batch["label"], classes, self.label_smoothing)
 
+  # --------------------------------------------------------------------------------------------- checkpoints
+  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
+    """Init-checkpoint hook (vlm/train/trainer.py): fine-tune from a pre-training or classification checkpoint.
+
+    The backbone's parameters come from `loaded['backbone']` when the checkpoint is a classifier (e.g. the
+    Kinetics + ImageNet model fine-tuned on Charades), else from the checkpoint's top level (a family's
+    pre-training model whose submodule names the backbone shares: VATT's 'video' tower). Heads are copied when
+    their name and shape match, and are otherwise fresh (new datasets, new class counts). Positional tables of a
+    different size are resampled by the tower that reads them (VATT: on the fly), so they must keep their shape
+    here; any other mismatch is an error naming the parameter.
+    """
+    from flax import traverse_util  # pylint: disable=g-import-not-at-top
+    unbox = lambda t: jax.tree.map(lambda p: getattr(p, "value", p), t, is_leaf=lambda p: hasattr(p, "value"))
+    init = traverse_util.flatten_dict(unbox(init_params), sep="/")
+    loaded = unbox(loaded)
+    source = loaded["backbone"] if "backbone" in loaded and "backbone" in init_params and any(
+        k.startswith("head_") for k in loaded) else loaded
+    src = traverse_util.flatten_dict(source, sep="/")
+    heads = traverse_util.flatten_dict({k: v for k, v in loaded.items() if k.startswith("head_")}, sep="/")
+    out, missing = {}, []
+    for path, value in init.items():
+      if path.startswith("head_"):
+        take = heads.get(path)
+        out[path] = take if take is not None and np.shape(take) == np.shape(value) else value
+        continue
+      key = path[len("backbone/"):]
+      if key not in src:
+        missing.append(path)
+        continue
+      if np.shape(src[key]) != np.shape(value):
+        raise ValueError(f"init checkpoint parameter {key} has shape {np.shape(src[key])}; the model's "
+                         f"{path} has {np.shape(value)}.")
+      out[path] = src[key]
+    if missing:
+      raise ValueError(f"init checkpoint lacks {len(missing)} backbone parameters, e.g. {missing[:5]}.")
+    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
+
   # --------------------------------------------------------------------------------------------- predictions
   def predict_logits(self, variables, batch, *, head: str | None = None) -> jax.Array:
     """video [B, T, H, W, 3] -> logits [B, C] of `head` (default: the first)."""

@@ -1,0 +1,42 @@
+"""VATT on the classification path: its video tower as a backbone, initialised from a pre-training params tree."""
+import os
+
+import flax
+import jax
+import numpy as np
+import pytest
+
+from vlm import config_lib
+from vlm.tasks import classification
+from vlm.tasks import vatt_pretrain
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_vatt_backbone_loads_the_pretrained_video_tower():
+  pre_config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
+  pre = vatt_pretrain.Task(pre_config)
+  pre_batch = pre.dummy_batch(2)
+  pre_params = jax.tree.map(np.asarray, flax.core.meta.unbox(
+      pre.init_variables(jax.random.key(3), pre_batch)["params"]))
+
+  config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
+  with config.unlocked():
+    config.task = dict(name="classification", heads={"videos": 12})
+    config.model.droptoken_rate = 0.0
+  task = classification.Task(config)
+  video = np.random.default_rng(0).uniform(-1, 1, (2,) + task.clip_shape + (3,)).astype(np.float32)
+  init = task.init_variables(jax.random.key(0), {"video": video})["params"]
+  params = task.adapt_init_params(pre_params, init)
+  got = task.features({"params": params}, {"video": video})
+  want, _ = pre.model.apply({"params": pre_params}, video, method=lambda m, v: m.video(v, train=False))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(params["head_videos"]["kernel"], 0.0)  # fresh zero head
+  # A classifier checkpoint keeps matching heads; a wrong shape is an error naming the parameter.
+  again = task.adapt_init_params({"backbone": params["backbone"], "head_videos": params["head_videos"]}, init)
+  np.testing.assert_array_equal(again["backbone"]["video"]["tokenizer"]["conv"]["kernel"],
+                                params["backbone"]["video"]["tokenizer"]["conv"]["kernel"])
+  bad = jax.tree.map(lambda x: x, pre_params)
+  bad["video"]["tokenizer"]["conv"]["kernel"] = np.zeros((1, 1, 1, 3, 64), np.float32)
+  with pytest.raises(ValueError, match="video/tokenizer/conv/kernel has shape"):
+    task.adapt_init_params(bad, init)
