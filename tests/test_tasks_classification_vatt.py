@@ -40,3 +40,22 @@ def test_vatt_backbone_loads_the_pretrained_video_tower():
   bad["video"]["tokenizer"]["conv"]["kernel"] = np.zeros((1, 1, 1, 3, 64), np.float32)
   with pytest.raises(ValueError, match="video/tokenizer/conv/kernel has shape"):
     task.adapt_init_params(bad, init)
+
+
+def test_finetune_config_resamples_position_tables_at_a_larger_crop():
+  pre_config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
+  pre = vatt_pretrain.Task(pre_config)
+  pre_params = jax.tree.map(np.asarray, flax.core.meta.unbox(
+      pre.init_variables(jax.random.key(3), pre.dummy_batch(2))["params"]))
+  config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/finetune.py:tiny"))
+  with config.unlocked():
+    config.input.crop_size = 48  # 6 x 6 patches of 8 pixels instead of the pre-training 4 x 4
+    config.model.video_pos_buckets = (4, 6, 6)
+  task = classification.Task(config)
+  batch = task.dummy_batch(2)
+  params = task.adapt_init_params(pre_params, task.init_variables(jax.random.key(0), batch)["params"])
+  tables = params["backbone"]["video"]["posemb"]
+  assert {k: v.shape for k, v in tables.items() if k.endswith("_embedding")} == {
+      k: (n, 64) for k, n in zip(("temporal_embedding", "vertical_embedding", "horizontal_embedding"), (4, 6, 6))}
+  loss, (metrics, _) = task.loss_fn(params, {}, batch, jax.random.key(1), train=True)
+  np.testing.assert_allclose(loss, np.log(12) * 0.9 + 0.1 * np.log(12), rtol=1e-5)  # zero head: uniform

@@ -175,9 +175,9 @@ class Task:
     The backbone's parameters come from `loaded['backbone']` when the checkpoint is a classifier (e.g. the
     Kinetics + ImageNet model fine-tuned on Charades), else from the checkpoint's top level (a family's
     pre-training model whose submodule names the backbone shares: VATT's 'video' tower). Heads are copied when
-    their name and shape match, and are otherwise fresh (new datasets, new class counts). Positional tables of a
-    different size are resampled by the tower that reads them (VATT: on the fly), so they must keep their shape
-    here; any other mismatch is an error naming the parameter.
+    their name and shape match, and are otherwise fresh (new datasets, new class counts). Learned positional
+    tables (`.../posemb/*_embedding`) with another bucket count are resampled (VATT B.5); any other mismatch is
+    an error naming the parameter.
     """
     from flax import traverse_util  # pylint: disable=g-import-not-at-top
     unbox = lambda t: jax.tree.map(lambda p: getattr(p, "value", p), t, is_leaf=lambda p: hasattr(p, "value"))
@@ -196,6 +196,13 @@ class Task:
       key = path[len("backbone/"):]
       if key not in src:
         missing.append(path)
+        continue
+      if ("/posemb/" in f"/{key}" and key.endswith("_embedding") and np.ndim(value) == np.ndim(src[key])
+          and np.shape(src[key])[1:] == np.shape(value)[1:]):
+        # VATT B.5: 8+14+14 pre-training buckets become 8+20+20 for 320 crops, resampled once here (spline, as
+        # the release; DESIGN decision 1), then fine-tuned.
+        from vlm.nn import posemb as posemb_lib  # pylint: disable=g-import-not-at-top
+        out[path] = posemb_lib.resize_table(jnp.asarray(src[key]), np.shape(value)[0], method="spline")
         continue
       if np.shape(src[key]) != np.shape(value):
         raise ValueError(f"init checkpoint parameter {key} has shape {np.shape(src[key])}; the model's "
