@@ -212,6 +212,19 @@ class Task:
       raise ValueError(f"init checkpoint lacks {len(missing)} backbone parameters, e.g. {missing[:5]}.")
     return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
 
+  def init_params_from_file(self, path: str, init_params: Any) -> Any:
+    """Init-file hook (vlm/train/trainer.py): an image ViT checkpoint file (big_vision / vision_transformer .npz
+    or HF .safetensors) into the backbone, its patch kernel inflated to the tubes; heads stay fresh
+    (vlm/models/vit_checkpoints.py)."""
+    from vlm.models import vit_checkpoints  # pylint: disable=g-import-not-at-top
+    unbox = lambda t: jax.tree.map(lambda p: getattr(p, "value", p), t, is_leaf=lambda p: hasattr(p, "value"))
+    params = unbox(init_params)
+    if "tubes" not in params.get("backbone", {}):
+      raise ValueError(f"config.init_checkpoint={path!r} is an image-ViT file; only backbones with sparse tubes "
+                       "(TubeViT) load those.")
+    backbone = vit_checkpoints.init_backbone(vit_checkpoints.read_vit(path), params["backbone"])
+    return jax.tree.map(jnp.asarray, {**params, "backbone": backbone})
+
   # --------------------------------------------------------------------------------------------- predictions
   def predict_logits(self, variables, batch, *, head: str | None = None) -> jax.Array:
     """video [B, T, H, W, 3] -> logits [B, C] of `head` (default: the first)."""

@@ -27,7 +27,9 @@ signature. Otherwise the data layer resolves the name itself.
 Init-checkpoint hook: when the params of `config.init_checkpoint` do not match the model (fine-tuning at a
 new resolution, a new head), a task may define `adapt_init_params(loaded, init_params) -> params`:
 `loaded` is the saved params as host numpy arrays, `init_params` the freshly initialised (sharded) params;
-it returns a tree shaped like `init_params`. Without the hook a mismatch is an error naming the paths.
+it returns a tree shaped like `init_params`. Without the hook a mismatch is an error naming the paths. When
+`config.init_checkpoint` is a single file (an external model's weights, e.g. an image ViT .npz / .safetensors),
+the task's `init_params_from_file(path, init_params) -> params` reads it.
 """
 from __future__ import annotations
 
@@ -198,7 +200,17 @@ def restore_or_init(config: ConfigDict, task: Any, spec: StateSpec, ckpt: checkp
 
 
 def load_init_params(path: str, task: Any, init_params: Any, spec: StateSpec) -> Any:
-  """Params from `config.init_checkpoint`, restored straight into their shardings when the trees match."""
+  """Params from `config.init_checkpoint`, restored straight into their shardings when the trees match.
+
+  A single file (not a checkpoint directory) holds an external model's weights, e.g. an image ViT: the task reads
+  it with its `init_params_from_file(path, init_params)` hook.
+  """
+  if os.path.isfile(path):
+    if not hasattr(task, "init_params_from_file"):
+      raise ValueError(f"config.init_checkpoint={path!r} is a file; the {type(task).__name__} task reads only "
+                       "checkpoint directories (it has no init_params_from_file hook).")
+    logging.info("Initialising params from the file %s.", path)
+    return jax.device_put(task.init_params_from_file(path, init_params), spec.shardings.params)
   source, step = checkpointing.open_init_checkpoint(path)
   mismatch = checkpointing.describe_mismatch(source.saved_tree(step)["params"], spec.abstract.params, "params")
   logging.info("Initialising params from %s/%d.", source.directory, step)
