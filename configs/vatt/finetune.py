@@ -21,6 +21,7 @@ then fine-tuned; no DropToken; evaluation on 4 uniformly spaced clips x 3 crops 
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from vlm import config_lib
 
@@ -35,11 +36,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   frames, crop = (32, 320) if not a.tiny else (8, 32)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = a.steps if not a.tiny or a.steps != 100_000 else 300
+  c.total_steps = a.steps if not a.tiny or a.steps != 100_000 else 1000
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 300
   c.keep_checkpoints = 3
-  c.init_checkpoint = None
+  c.init_checkpoint = config_dict.placeholder(str)  # a workdir or checkpoint to start from (params only)
 
   c.input = ml_collections.ConfigDict()
   c.input.data = (dict(name="records", split="train", files=f"{a.dataset.upper()}/train-*.tfrecord") if not a.tiny
@@ -54,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   label = f"label(num_classes={classes}, dataset='{a.dataset if not a.tiny else 'videos'}')"
   sampling = f"sample_clip({frames}, stride=2, fps=25.0)" if not a.tiny else f"sample_clip({frames})"
   augment = (f"random_resized_crop({crop}, area=(0.08, 1.0), aspect=(0.5, 2.0))|flip()|color_jitter()"
-             if not a.tiny else f"random_resized_crop({crop}, area=(0.5, 1.0), aspect=(0.75, 1.33))")
+             if not a.tiny else f"decode()|resize({crop})")  # tiny: whole 64x64 frames resized (see tubevit)
   c.input.pp = f"{sampling}|{augment}|normalize(-1, 1)|{label}|keep('video', 'label')"
 
   c.model = ml_collections.ConfigDict()
@@ -79,7 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.lr = 0.005 if not a.tiny else 0.05
   c.optim.momentum = 0.9
   c.optim.weight_decay = 0.0
-  c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=2500 if not a.tiny else 30, end_lr=0.0, period="half")
+  c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=2500 if not a.tiny else 100, end_lr=0.0, period="half")
 
   c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
   c.sharding = "dp"
@@ -87,7 +88,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.evals = ml_collections.ConfigDict()
   clips, crops = (4, 3) if not a.tiny else (2, 1)
-  view = f"three_crop({crop})" if crops == 3 else f"center_crop({crop})"
+  view = f"three_crop({crop})" if not a.tiny else f"center_crop({crop}, resize_smallest={crop})"
   eval_sampling = (f"sample_multiclip({clips}, {frames}, stride=2, fps=25.0)" if not a.tiny
                    else f"sample_multiclip({clips}, {frames})")
   c.evals.classification = dict(

@@ -25,6 +25,7 @@ tau 0.07, lambda 1; Adam 1e-4, 10k warmup, 500k steps, quarter-period cosine fro
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from vlm import config_lib
 
@@ -37,7 +38,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 400
   c.keep_checkpoints = 3
-  c.init_checkpoint = None
+  c.init_checkpoint = config_dict.placeholder(str)  # a workdir or checkpoint to start from (params only)
 
   # --- Input (B.1). The audio window is the clip's time span: num_frames / fps seconds at 48 kHz.
   c.input = ml_collections.ConfigDict()
@@ -60,7 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The tiny dataset is small and local: every host reads all of it, so a 2-process run sees exactly the global
   # batches of a 1-process run. Pod-scale data splits shards across hosts instead ('files').
   c.input.host_split = "examples" if a.tiny else "files"
-  c.input.pp = None  # None: vlm.data.pipeline.default_pp (crop, flip, colour jitter, [-1, 1], tokenize).
+  # None: vlm.data.pipeline.default_pp (crop, flip, colour jitter, [-1, 1], tokenize).
+  c.input.pp = config_dict.placeholder(str)
   if a.tiny:
     # The built-in dataset's captions name colours and left/right motion, so hue jitter and horizontal flips
     # would contradict them; its 64x64 clips are small, so crops keep at least half the frame.
@@ -104,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.name = "adam"
   c.optim.lr = 1e-4 if not a.tiny else 1e-3
   c.optim.weight_decay = 0.0
-  c.optim.grad_clip_norm = None
+  c.optim.grad_clip_norm = config_dict.placeholder(float)
   c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=10_000 if not a.tiny else 100,
                           end_lr=5e-5 if not a.tiny else 5e-4, period="quarter")
 
