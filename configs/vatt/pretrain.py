@@ -129,7 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
           batch_size=64 if a.tiny else 256,
           num_captions=1,
           pp=(f"sample_multiclip({num_clips}, {c.input.num_frames}, fps={eval_fps})"
-              f"|center_crop({c.input.crop_size})|normalize(-1, 1)"
+              # tiny: the whole 64x64 frame resized to 32, as in training (a 32-pixel crop would see a quarter)
+              f"|center_crop({c.input.crop_size}, resize_smallest={c.input.crop_size if a.tiny else None})"
+              "|normalize(-1, 1)"
               f"|sample_captions(1, random=False)|tokenize({c.input.max_text_len})"
               "|keep('video', 'text', 'text_mask')"),
       ),

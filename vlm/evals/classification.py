@@ -101,31 +101,18 @@ class Evaluator:
     return logits.mean(axis=1)
 
   def _collect(self, variables, shuffle: bool):
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
-    from vlm.parallel import multihost, partitioning  # pylint: disable=g-import-not-at-top
-    sharding = partitioning.batch_sharding(self.mesh)
-    it = pipeline.make_eval_iterator(self.config, self.eval_cfg.input, process_index=jax.process_index(),
-                                     process_count=jax.process_count())
-    scores, labels = [], []
-    for batch in it:
-      video = batch["video"]
-      if video.ndim == 5:
-        video = video[:, None]
-      target_key = "labels" if "labels" in batch else "label"
-      v, f = video.shape[1:3]
-      perm = (frame_permutations(v, f, int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle
-              else np.tile(np.arange(f), (v, 1)))
-      g = multihost.global_batch({"video": video, target_key: batch[target_key], "_mask": batch["_mask"]},
-                                 sharding)
-      s = self._scores(variables, g["video"], jnp.asarray(perm, jnp.int32))
-      s, y, mask = (np.asarray(a) for a in multihost_utils.process_allgather((s, g[target_key], g["_mask"]),
-                                                                              tiled=True))
-      scores.append(s[mask > 0])
-      labels.append(y[mask > 0])
-    scores, labels = np.concatenate(scores), np.concatenate(labels)
-    limit = int(self.eval_cfg.get("max_examples", 0) or 0)
-    return (scores[:limit], labels[:limit]) if limit else (scores, labels)
+    from vlm.evals import common  # pylint: disable=g-import-not-at-top
+    seed = int(self.eval_cfg.get("shuffle_seed", 0))
+
+    def fn(g):
+      v, f = g["video"].shape[1:3]
+      perm = frame_permutations(v, f, seed) if shuffle else np.tile(np.arange(f), (v, 1))
+      return {"scores": self._scores(variables, g["video"], jnp.asarray(perm, jnp.int32))}
+
+    out = common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video",),
+                         keep=("label", "labels"),
+                         max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
+    return out["scores"], out["labels"] if "labels" in out else out["label"]
 
   @staticmethod
   def metrics(scores: np.ndarray, labels: np.ndarray, suffix: str = "") -> dict[str, float]:

@@ -418,6 +418,10 @@ class Model(nn.Module):
     pooled, _ = self.video(video, train=train)
     return self.head.video(pooled, train=train)[1]
 
+  def video_features(self, video: jax.Array) -> jax.Array:
+    """[B, F, H, W, 3] -> [B, D] pooled video-tower output before the projection heads (linear evaluation)."""
+    return self.video(video, train=False)[0]
+
   def embed_text(self, text: jax.Array, text_mask: jax.Array) -> jax.Array:
     """[B, L] ids, [B, L] mask -> [B, vat_dim] text embedding in S_vat (unnormalised)."""
     return self.encode_text(text, text_mask)[0]

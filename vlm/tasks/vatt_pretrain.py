@@ -209,6 +209,10 @@ class Task:
     """[B, F, H, W, 3] frames -> [B, vat_dim] L2-normalised S_vat embeddings (eval mode)."""
     return contrastive.l2_normalize(self.model.apply(variables, video, method=vatt.Model.embed_video))
 
+  def features(self, variables: dict[str, Any], batch: dict[str, Any]) -> jax.Array:
+    """video [B, F, H, W, 3] -> [B, D] frozen video-tower features (linear evaluation, B.8 / appendix C)."""
+    return self.model.apply(variables, batch["video"], method=vatt.Model.video_features)
+
   def embed_text(self, variables: dict[str, Any], text: jax.Array, text_mask: jax.Array) -> jax.Array:
     """[B, L] ids and [B, L] mask -> [B, vat_dim] L2-normalised S_vat embeddings."""
     return contrastive.l2_normalize(self.model.apply(variables, text, text_mask, method=vatt.Model.embed_text))
