@@ -250,3 +250,7 @@ class RelativePositionBias(nn.Module):
     table = self.param("rel_embedding", nn.with_logical_partitioning(_keras_uniform, (None, ax.HEADS)),
                        (self.num_buckets, self.num_heads))
     return jnp.transpose(table[buckets], (2, 0, 1))[None]
+
+
+# Kernels living in their own modules register themselves on import (after everything above is defined).
+from vlm.nn import block_sparse as _block_sparse  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # noqa: E402,F401

@@ -1,0 +1,127 @@
+"""Block-sparse attention (SViTT edge sparsity): equal to dense attention under the same mask (values and
+gradients, with padding, global tokens, biases and token orders), the block pattern, space-filling orders."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm.nn import attention
+from vlm.nn import block_sparse as bs
+
+
+def _qkv(b=2, n=1 + 37, h=2, k=8, seed=0):
+  keys = jax.random.split(jax.random.key(seed), 3)
+  return [jax.random.normal(kk, (b, n, h, k)) for kk in keys]
+
+
+def _dense_reference(q, k, v, pattern, num_global, block_size, mask=None, bias=None, order=None):
+  """Dense attention with the sparse graph as a mask, in the caller's (unpermuted) token order."""
+  n_total = q.shape[1]
+  n = n_total - num_global
+  edges = bs.dense_mask(pattern, num_global, n, block_size)  # in blocking order
+  if order is not None:
+    full_order = np.concatenate([np.arange(num_global), num_global + np.asarray(order)])
+    inv = np.argsort(full_order)
+    edges = edges[inv][:, inv]  # (query, key) in the caller's order
+  logits = jnp.einsum("bthd,bshd->bhts", q, k) * q.shape[-1] ** -0.5
+  if bias is not None:
+    logits = logits + bias
+  allowed = edges[None, None]
+  if mask is not None:
+    allowed = allowed & mask[:, None, None, :]
+  logits = jnp.where(allowed, logits, -1e30)
+  return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, -1), v)
+
+
+@pytest.mark.parametrize("order_kind", [None, "morton", "hilbert"])
+def test_equals_dense_attention_under_the_same_mask(order_kind):
+  q, k, v = _qkv(n=1 + 48)  # 48 local tokens = a 3 x 4 x 4 grid; G = 5 pads the last block
+  g, kl, kr = 5, 3, 2
+  nblk = bs.num_blocks(48, g)
+  pattern = bs.block_pattern(jax.random.key(3), nblk, kl, kr)
+  mask = jnp.ones((2, 49), bool).at[1, 40:].set(False)  # padded keys in the second example
+  bias = jax.random.normal(jax.random.key(4), (1, 2, 49, 49))
+  order = None if order_kind is None else bs.token_order((3, 4, 4), order_kind)
+  kw = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1, pattern=pattern, order=order)
+
+  def sparse(q, k, v):
+    return bs.block_sparse_attention(q, k, v, mask=mask, bias=bias, **kw)
+
+  def dense(q, k, v):
+    return _dense_reference(q, k, v, pattern, 1, g, mask=mask, bias=bias, order=order)
+
+  np.testing.assert_allclose(sparse(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  gs = jax.grad(loss(sparse), argnums=(0, 1, 2))(q, k, v)
+  gd = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(gs, gd):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_all_blocks_is_dense_attention():
+  q, k, v = _qkv(n=1 + 24)
+  out = bs.block_sparse_attention(q, k, v, block_size=6, local_blocks=1, random_blocks=3, num_global=1)
+  np.testing.assert_allclose(out, attention.explicit_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_pattern_local_then_distinct_random_blocks():
+  pattern = np.asarray(bs.block_pattern(jax.random.key(0), 10, 3, 4))
+  assert pattern.shape == (10, 7)
+  for i, row in enumerate(pattern):
+    assert list(row[:3]) == [(i - 1) % 10, i, (i + 1) % 10]
+    assert len(set(row)) == 7  # random blocks distinct and never local
+    assert list(row[3:]) == sorted(row[3:])
+  other = np.asarray(bs.block_pattern(jax.random.key(1), 10, 3, 4))
+  assert not np.array_equal(pattern, other)
+  # Every non-local block is drawn sometimes (uniform over the candidates).
+  counts = np.zeros((10, 10))
+  for s in range(200):
+    p = np.asarray(bs.block_pattern(jax.random.key(s), 10, 3, 4))
+    counts[np.arange(10)[:, None], p[:, 3:]] += 1
+  np.testing.assert_allclose(counts[0, 2:9], 200 * 4 / 7, rtol=0.25)
+
+
+def test_training_redraws_the_pattern_and_eval_is_fixed():
+  q, k, v = _qkv(n=1 + 60, seed=1)
+  kw = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1)
+  ev1 = bs.block_sparse_attention(q, k, v, **kw)
+  ev2 = bs.block_sparse_attention(q, k, v, **kw)
+  np.testing.assert_array_equal(ev1, ev2)
+  tr1 = bs.block_sparse_attention(q, k, v, deterministic=False, dropout_rng=jax.random.key(1), **kw)
+  tr2 = bs.block_sparse_attention(q, k, v, deterministic=False, dropout_rng=jax.random.key(2), **kw)
+  assert not np.allclose(tr1, tr2)
+  # The encoder layer selects it by name, with options through attention_kwargs.
+  layer = attention.MultiHeadAttention(num_heads=2, head_dim=8, attention="block_sparse", attention_kwargs=kw)
+  x = jax.random.normal(jax.random.key(0), (2, 61, 16))
+  params = layer.init(jax.random.key(0), x)
+  a = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(5)})
+  b = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(6)})
+  assert not np.allclose(a, b)
+  np.testing.assert_array_equal(layer.apply(params, x), layer.apply(params, x))
+
+
+def test_space_filling_orders():
+  for kind in ("morton", "hilbert"):
+    perm = bs.token_order((4, 4, 4), kind)
+    assert sorted(perm) == list(range(64))
+  coords = np.stack(np.unravel_index(bs.token_order((4, 4, 4), "hilbert"), (4, 4, 4)), -1)
+  steps = np.abs(np.diff(coords, axis=0)).sum(-1)
+  assert (steps == 1).all()  # the Hilbert curve moves to a face neighbour at every step
+  morton = np.stack(np.unravel_index(bs.token_order((4, 4, 4), "morton"), (4, 4, 4)), -1)
+  for start in range(0, 64, 8):  # every 8 consecutive Morton tokens form a 2x2x2 cube
+    cube = morton[start:start + 8]
+    assert (cube.max(0) - cube.min(0) == 1).all()
+  # Grids that are not powers of two: still permutations.
+  assert sorted(bs.token_order((8, 14, 14), "hilbert")) == list(range(8 * 14 * 14))
+
+
+def test_bad_arguments():
+  q, k, v = _qkv(n=1 + 20)
+  with pytest.raises(ValueError, match="exceeds the 4 blocks"):
+    bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=3, random_blocks=2)
+  with pytest.raises(ValueError, match="odd"):
+    bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=2, random_blocks=0)
+  with pytest.raises(ValueError, match="positive"):
+    bs.block_sparse_attention(q, k, v, block_size=0)
+  with pytest.raises(ValueError, match="permutation"):
+    bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=1, random_blocks=1, order=np.arange(7))

@@ -1,0 +1,240 @@
+"""Block-sparse attention (SViTT edge sparsity, supplement equations 1-3), gather-based with static shapes.
+
+The sequence is `num_global` global tokens (e.g. [CLS]) followed by N local tokens. The local tokens are cut into
+nblk = ceil(N / G) blocks of G tokens; each query block attends to
+
+  * every global token,
+  * K_l local blocks: its own and the (K_l - 1) / 2 on each side (K_l odd; the sequence wraps around, as the
+    release's `roll`),
+  * K_r random blocks, distinct and outside the local ones, drawn per query block,
+
+and global queries attend densely to every key. One pattern serves the whole batch and every head (as the
+release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
+evaluation they come from a fixed seed, so evaluation is deterministic (DESIGN decision 3; the release redraws
+at evaluation too).
+
+Shapes stay static: the pattern is an int [nblk, K_l + K_r] array, keys and values are gathered per query block
+([B, nblk, (K_l + K_r) G, H, K]), so any G works and no tile size is required. Padding: N is padded with masked
+keys up to nblk * G (the release leaves padded keys unmasked); padded queries are dropped from the output.
+
+Edges per local query: num_global + (K_l + K_r) G (equation 1 counts the (K_l + K_r) G block part).
+
+Token order (table A7): `token_order(grid, 'morton' | 'hilbert' | 'raster')` gives a permutation of the local
+tokens that makes blocks compact in space-time; `block_sparse_attention(..., order=perm)` applies it before
+blocking and undoes it after, so callers keep raster order.
+
+Registered as the attention kernel 'block_sparse' (vlm/nn/attention.py); options through `attention_kwargs`:
+block_size, local_blocks, random_blocks, num_global, eval_seed, order.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm.nn import attention as attention_lib
+from vlm.nn import dropout as dropout_lib
+
+
+def num_blocks(num_local: int, block_size: int) -> int:
+  if block_size < 1:
+    raise ValueError(f"block_size={block_size}; expected a positive number of tokens per block.")
+  return -(-num_local // block_size)
+
+
+def check_pattern_args(nblk: int, local_blocks: int, random_blocks: int) -> None:
+  if local_blocks < 1 or local_blocks % 2 == 0:
+    raise ValueError(f"local_blocks={local_blocks}; expected an odd number >= 1 (own block plus neighbours on "
+                     "both sides).")
+  if random_blocks < 0:
+    raise ValueError(f"random_blocks={random_blocks}; expected >= 0.")
+  if local_blocks + random_blocks > nblk:
+    raise ValueError(f"local_blocks + random_blocks = {local_blocks + random_blocks} exceeds the {nblk} blocks of "
+                     "the sequence; lower them or the block size.")
+
+
+def block_pattern(rng: jax.Array, nblk: int, local_blocks: int, random_blocks: int) -> jax.Array:
+  """int32 [nblk, K_l + K_r]: for each query block, its local blocks then its random blocks."""
+  check_pattern_args(nblk, local_blocks, random_blocks)
+  rows = jnp.arange(nblk)[:, None]
+  half = local_blocks // 2
+  local = (rows + jnp.arange(-half, half + 1)[None]) % nblk  # [nblk, K_l]
+  if not random_blocks:
+    return local.astype(jnp.int32)
+  scores = jax.random.uniform(rng, (nblk, nblk))
+  is_local = jnp.zeros((nblk, nblk), bool).at[rows, local].set(True)
+  scores = jnp.where(is_local, -1.0, scores)  # local blocks are never drawn again
+  _, random = jax.lax.top_k(scores, random_blocks)
+  return jnp.concatenate([local, jnp.sort(random, axis=-1)], axis=-1).astype(jnp.int32)
+
+
+def dense_mask(pattern: jax.Array, num_global: int, num_local: int, block_size: int) -> jax.Array:
+  """bool [N_total, N_total] (query, key): the edges of the sparse graph, for dense reference computations."""
+  nblk = pattern.shape[0]
+  block_of = jnp.arange(num_local) // block_size
+  allowed_blocks = jnp.zeros((nblk, nblk), bool).at[jnp.arange(nblk)[:, None], pattern].set(True)
+  local = allowed_blocks[block_of][:, block_of]  # [N, N]
+  n = num_global + num_local
+  mask = jnp.ones((n, n), bool)
+  return mask.at[num_global:, num_global:].set(local)
+
+
+def token_order(grid: Sequence[int], kind: str = "morton") -> np.ndarray:
+  """Permutation of raster-ordered (t, h, w) tokens along a space-filling curve: int [T*H*W]."""
+  t, h, w = grid
+  coords = np.stack(np.meshgrid(np.arange(t), np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 3)
+  if kind == "raster":
+    return np.arange(len(coords))
+  bits = max(1, int(np.ceil(np.log2(max(grid)))))
+  if kind == "morton":
+    code = np.zeros(len(coords), np.int64)
+    for b in range(bits):  # interleave the bits of t, h, w (t most significant in each triple)
+      for axis in range(3):
+        code |= ((coords[:, axis] >> b) & 1).astype(np.int64) << (3 * b + (2 - axis))
+    return np.argsort(code, kind="stable")
+  if kind == "hilbert":
+    return np.argsort(np.array([_hilbert_index(c, bits) for c in coords]), kind="stable")
+  raise ValueError(f"token order {kind!r}; expected 'raster', 'morton' or 'hilbert'.")
+
+
+def _hilbert_index(coord: np.ndarray, bits: int) -> int:
+  """Index of a 3-D point on the Hilbert curve of side 2**bits (Skilling's transpose algorithm)."""
+  x = [int(v) for v in coord]
+  n = 3
+  m = 1 << (bits - 1)
+  q = m
+  while q > 1:  # inverse undo of excess work
+    p = q - 1
+    for i in range(n):
+      if x[i] & q:
+        x[0] ^= p
+      else:
+        t = (x[0] ^ x[i]) & p
+        x[0] ^= t
+        x[i] ^= t
+    q >>= 1
+  for i in range(1, n):  # Gray encode
+    x[i] ^= x[i - 1]
+  t = 0
+  q = m
+  while q > 1:
+    if x[n - 1] & q:
+      t ^= q - 1
+    q >>= 1
+  for i in range(n):
+    x[i] ^= t
+  index = 0
+  for b in range(bits - 1, -1, -1):  # interleave the transposed bits
+    for i in range(n):
+      index = (index << 1) | ((x[i] >> b) & 1)
+  return index
+
+
+@attention_lib.register_attention("block_sparse")
+def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                           bias: jax.Array | None = None, dropout_rate: float = 0.0,
+                           dropout_rng: jax.Array | None = None, deterministic: bool = True,
+                           block_size: int = 56, local_blocks: int = 1, random_blocks: int = 3,
+                           num_global: int = 1, eval_seed: int = 0, order: Sequence[int] | None = None,
+                           pattern: jax.Array | None = None) -> jax.Array:
+  """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
+
+  Args:
+    query, key, value: [B, N_total, H, K], N_total = num_global + N local tokens.
+    mask: optional [B, N_total] bool, True where a key may be attended to.
+    bias: optional logit bias broadcastable to [B, H, N_total, N_total] (e.g. relative positions); the entries of
+      the sparse edges are gathered from it.
+    dropout_rate, dropout_rng, deterministic: dropout on the attention probabilities (training); in training the
+      random blocks are drawn from `dropout_rng` (or from `eval_seed` when it is None).
+    block_size: G tokens per block; local_blocks: K_l (odd); random_blocks: K_r; num_global: leading tokens
+      with dense attention both ways.
+    eval_seed: seed of the fixed pattern used at evaluation.
+    order: optional permutation of the N local tokens (`token_order`) applied before blocking.
+    pattern: optional int [nblk, K_l + K_r] pattern overriding the draw (tests, analysis).
+
+  Returns:
+    [B, N_total, H, K].
+  """
+  b, n_total, h, dk = query.shape
+  g_num = num_global
+  n = n_total - g_num
+  if n <= 0:
+    raise ValueError(f"block-sparse attention over {n_total} tokens with num_global={g_num}: no local tokens.")
+  nblk = num_blocks(n, block_size)
+  if pattern is None:
+    training = not deterministic and dropout_rng is not None
+    rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else jax.random.key(eval_seed)
+    pattern = block_pattern(rng, nblk, local_blocks, random_blocks)
+  kb_num = pattern.shape[1]
+  pad = nblk * block_size - n
+  valid = jnp.ones((b, n_total), bool) if mask is None else mask.astype(bool)
+  perm = None if order is None else jnp.asarray(order, jnp.int32)
+  if perm is not None and perm.shape != (n,):
+    raise ValueError(f"order has shape {perm.shape}; expected a permutation of the {n} local tokens.")
+
+  def local_part(x, fill=0):
+    x = x[:, g_num:]
+    if perm is not None:
+      x = jnp.take(x, perm, axis=1)
+    pad_width = [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)
+    return jnp.pad(x, pad_width, constant_values=fill)
+
+  positions = jnp.arange(g_num, n_total)  # original index of each local token, in blocking order
+  if perm is not None:
+    positions = positions[perm]
+  positions = jnp.pad(positions, (0, pad), constant_values=0)
+  q_loc = local_part(query).reshape(b, nblk, block_size, h, dk)
+  k_blocks = local_part(key).reshape(b, nblk, block_size, h, dk)
+  v_blocks = local_part(value).reshape(b, nblk, block_size, h, dk)
+  m_blocks = local_part(valid, fill=False).reshape(b, nblk, block_size)
+  pos_blocks = positions.reshape(nblk, block_size)
+
+  # Keys of each query block: the globals, then its K_l + K_r gathered blocks.  [B, nblk, S_b, H, K]
+  k_sel = k_blocks[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
+  v_sel = v_blocks[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
+  m_sel = m_blocks[:, pattern].reshape(b, nblk, kb_num * block_size)
+  k_pos = pos_blocks[pattern].reshape(nblk, kb_num * block_size)
+  glob = lambda x: jnp.broadcast_to(x[:, None, :g_num], (b, nblk) + x[:, :g_num].shape[1:])
+  k_all = jnp.concatenate([glob(key), k_sel], axis=2)
+  v_all = jnp.concatenate([glob(value), v_sel], axis=2)
+  m_all = jnp.concatenate([glob(valid), m_sel], axis=2)
+  k_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(g_num)[None], (nblk, g_num)), k_pos], axis=1)
+
+  scale = dk ** -0.5
+  logits = jnp.einsum("bngHd,bnsHd->bnHgs", q_loc, k_all, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    full = jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total)).astype(jnp.float32)
+    # bias[..., query position, key position] for every (block, query, key) edge: [B|1, H, nblk, G, S_b]
+    gathered = full[:, :, pos_blocks[:, :, None], k_pos[:, None, :]]
+    logits = logits + jnp.moveaxis(gathered, 1, 2)
+  logits = jnp.where(m_all[:, :, None, None, :], logits, jnp.finfo(jnp.float32).min)
+  weights = jax.nn.softmax(logits, axis=-1)
+  if not deterministic and dropout_rate > 0.0:
+    if dropout_rng is None:
+      raise ValueError("Attention dropout needs dropout_rng.")
+    keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  out_loc = jnp.einsum("bnHgs,bnsHd->bngHd", weights.astype(value.dtype), v_all)
+  out_loc = out_loc.reshape(b, nblk * block_size, h, dk)[:, :n]
+  if perm is not None:
+    out_loc = jnp.zeros_like(out_loc).at[:, perm].set(out_loc)  # back to the caller's order
+
+  parts = [out_loc]
+  if g_num:  # global queries: dense over every key
+    g_bias = None if bias is None else jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total))[:, :, :g_num]
+    g_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
+    parts.insert(0, attention_lib.explicit_attention(
+        query[:, :g_num], key, value, mask=valid, bias=g_bias, dropout_rate=dropout_rate, dropout_rng=g_rng,
+        deterministic=deterministic))
+  return jnp.concatenate(parts, axis=1)
+
+
+def edge_count(num_local: int, num_global: int, block_size: int, local_blocks: int, random_blocks: int) -> int:
+  """Attention edges of one block-sparse layer: local queries x (globals + (K_l + K_r) G) + globals x all.
+
+  Equation 1 of the supplement counts the block part, N (K_l + K_r) G; this adds the global rows and columns
+  (and counts padded key slots of the last block as the kernel computes them)."""
+  n = num_local
+  return n * (num_global + (local_blocks + random_blocks) * block_size) + num_global * (num_global + n)
