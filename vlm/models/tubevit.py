@@ -24,7 +24,6 @@ Config fields (config.model), read by `build_backbone`:
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -39,12 +38,7 @@ from vlm.nn import transformer
 from vlm.nn import tubes as tubes_lib
 
 
-@dataclasses.dataclass(frozen=True)
-class Size:
-  num_layers: int
-  hidden_size: int
-  mlp_dim: int
-  num_heads: int
+Size = transformer.Size
 
 
 SIZES = {"B": Size(12, 768, 3072, 12), "L": Size(24, 1024, 4096, 16), "H": Size(32, 1280, 5120, 16),

@@ -41,7 +41,6 @@ global arrays that is the global batch, as the release's cross-replica BN. Its s
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -60,13 +59,7 @@ from vlm.nn import posemb as posemb_lib
 from vlm.nn import transformer
 
 
-@dataclasses.dataclass(frozen=True)
-class Size:
-  """Transformer size: depth, width, MLP width, heads."""
-  num_layers: int
-  hidden_size: int
-  mlp_dim: int
-  num_heads: int
+Size = transformer.Size
 
 
 # VATT appendix B.2, table 1. 'T' is ours (CPU tests).
@@ -353,10 +346,7 @@ class Model(nn.Module):
     audio_patch = tuple(self.spectrogram_patch_size) if self.spectrogram else (self.audio_patch_size,)
     if agnostic:
       size = sizes["shared"]
-      self.backbone = transformer.Encoder(
-          num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype)
+      self.backbone = _shared_encoder(size, self)
       shared = dict(size=size, shared_encoder=self.backbone, pre_projection=True,
                     post_projection=self.post_projection_dim, **common)
       self.video = Tower("video", patch_size=tuple(self.video_patch_size), pos_buckets=tuple(self.video_pos_buckets),
@@ -473,10 +463,7 @@ class VideoBackbone(nn.Module):
                   pos_buckets=tuple(self.video_pos_buckets), droptoken_keep_rate=1.0 - self.droptoken_rate)
     if agnostic:
       size = sizes["shared"]
-      self.backbone = transformer.Encoder(
-          num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
-          dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-          attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype)
+      self.backbone = _shared_encoder(size, self)
       self.video = Tower("video", size, shared_encoder=self.backbone, pre_projection=True,
                          post_projection=self.post_projection_dim, **common)
     else:
@@ -485,6 +472,14 @@ class VideoBackbone(nn.Module):
   def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
     """[B, F, H, W, 3] -> (pooled aggregation-token feature [B, D], tower aux)."""
     return self.video(video, train=train)
+
+
+def _shared_encoder(size: Size, owner: Model | VideoBackbone) -> transformer.Encoder:
+  """The modality-agnostic backbone (one Transformer for every modality), with the owner's dropout and kernels."""
+  return transformer.Encoder(
+      num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
+      dropout_rate=owner.dropout_rate, attention_dropout_rate=owner.attention_dropout_rate,
+      attention=owner.attention, remat=owner.remat, scan=owner.scan, dtype=owner.dtype)
 
 
 def build_backbone(config) -> VideoBackbone:

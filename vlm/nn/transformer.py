@@ -6,6 +6,7 @@ VATT defaults (`vatt/configs/video.py`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -16,6 +17,15 @@ from vlm.nn import dropout as dropout_lib
 from vlm.nn import attention as attention_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Size:
+  """Transformer size: depth, width, MLP width, heads (each family's SIZES table holds these)."""
+  num_layers: int
+  hidden_size: int
+  mlp_dim: int
+  num_heads: int
 
 
 def layer_norm(epsilon: float, dtype: Any, name: str) -> nn.LayerNorm:
