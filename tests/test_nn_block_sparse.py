@@ -125,3 +125,13 @@ def test_bad_arguments():
     bs.block_sparse_attention(q, k, v, block_size=0)
   with pytest.raises(ValueError, match="permutation"):
     bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=1, random_blocks=1, order=np.arange(7))
+
+
+@pytest.mark.parametrize("frames,keep,edges_m,sparsity", [(4, 0.7, 1.48, 0.80), (8, 0.6, 2.60, 0.91),
+                                                          (16, 0.5, 4.61, 0.96)])
+def test_table_a1_edges_and_sparsity(frames, keep, edges_m, sparsity):
+  out = bs.svitt_edges(frames, visual_keep=keep, multimodal_keep=0.1)
+  assert abs(out["edges"] / 1e6 - edges_m) / edges_m < 0.005  # table A1 rounds to 3 digits
+  assert round(out["sparsity"], 2) == sparsity
+  # The per-layer count of the kernel matches equation 1 plus the [CLS] edges.
+  assert bs.edge_count(784, 1, 56, 1, 3) == 784 * 224 + 2 * 784 + 1
