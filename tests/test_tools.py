@@ -38,3 +38,12 @@ def test_inspect_flops_and_bench_on_toy_task():
   ratios = bench.compare(result, slower)
   np.testing.assert_allclose([ratios["flops_ratio"], ratios["step_time_ratio"], ratios["speedup_vs_flops_ideal"]],
                              [2.0, 3.0, 1.5])
+
+
+def test_bench_attention_ratios():
+  from vlm.tools import bench_attention  # pylint: disable=g-import-not-at-top
+  r = bench_attention.run(tokens=24, batch=1, heads=1, head_dim=8, block_size=6, local_blocks=1, random_blocks=1,
+                          steps=5)
+  assert r["dense_edges"] == 25 * 25 and r["sparse_edges"] == 24 * (1 + 12) + 25
+  np.testing.assert_allclose(r["edge_ratio"], 625 / 337)
+  np.testing.assert_allclose(r["efficiency"], r["dense_seconds"] / r["block_sparse_seconds"] / r["edge_ratio"])

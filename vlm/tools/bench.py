@@ -33,10 +33,9 @@ No data pipeline runs: inputs are random arrays with the task's `dummy_batch` sh
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -56,15 +55,6 @@ _BASELINE_OBJECTIVE = flags.DEFINE_string("baseline_objective", None, "--objecti
 _PEAK_DTYPE = flags.DEFINE_string("peak_dtype", "", "Matmul dtype for the peak ('' : float32 on CPU, else bf16).")
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), times
-
-
 def measure_matmul_peak(n: int = 0, dtype: str = "", repeats: int = 10) -> dict[str, Any]:
   """Median FLOP/s of an n x n x n matmul on the default device (the MFU denominator, measured, not quoted)."""
   cpu = jax.default_backend() == "cpu"
@@ -77,7 +67,7 @@ def measure_matmul_peak(n: int = 0, dtype: str = "", repeats: int = 10) -> dict[
   jax.block_until_ready(matmul(a, b))
   for _ in range(2):
     jax.block_until_ready(matmul(a, b))
-  med, _ = _median_seconds(lambda: matmul(a, b), repeats)
+  med, _ = common.median_seconds(lambda: matmul(a, b), repeats)
   return {"peak_flops_per_s": 2.0 * n ** 3 / med, "peak_matmul": f"{n}^3 {dtype}", "peak_seconds": med}
 
 
@@ -104,16 +94,6 @@ def objective_task(task, name: str):
   if name not in objectives:
     raise ValueError(f"--objective={name!r}: the task offers {sorted(objectives) or 'none'}.")
   return objectives[name]
-
-
-def allocator() -> str:
-  """The malloc in use, read from LD_PRELOAD ('glibc malloc' when nothing is preloaded)."""
-  import os  # pylint: disable=g-import-not-at-top
-  preload = os.environ.get("LD_PRELOAD", "")
-  for name in ("tcmalloc", "jemalloc", "mimalloc"):
-    if name in preload:
-      return name
-  return "glibc malloc"
 
 
 def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = None, peak_n: int = 0,
@@ -148,7 +128,7 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
 
     for _ in range(warmup):
       jax.block_until_ready(run())
-    med, times = _median_seconds(run, steps)
+    med, times = common.median_seconds(run, steps)
   after = measure_matmul_peak(peak_n, peak_dtype)
   if after["peak_flops_per_s"] > peak["peak_flops_per_s"]:
     peak = after
@@ -156,7 +136,7 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
   return {
       "config": f"{config.model.get('name', '?')} / {objective or config.task.get('name', '?')}",
       "device": f"{jax.devices()[0].device_kind} x{jax.device_count()}",
-      "allocator": allocator(),
+      "allocator": common.allocator(),
       "batch_size": batch_size,
       "compile_seconds": compile_s,
       "step_seconds_median": med,

@@ -5,7 +5,12 @@ them all) without defining a flag twice; each tool defines only its own extra fl
 """
 from __future__ import annotations
 
+import statistics
+import time
+from typing import Any, Callable
+
 from absl import flags
+import jax
 from ml_collections import config_flags
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file and argument: FILE:ARG.", lock_config=True)
@@ -18,3 +23,23 @@ def cost_flops(compiled) -> float:
   if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
     analysis = analysis[0] if analysis else {}
   return float((analysis or {}).get("flops", 0.0))
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+  """Median wall time of fn() (blocked until ready) over `repeats` runs, and every run's time."""
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), times
+
+
+def allocator() -> str:
+  """The malloc in use, read from LD_PRELOAD ('glibc malloc' when nothing is preloaded)."""
+  import os  # pylint: disable=g-import-not-at-top
+  preload = os.environ.get("LD_PRELOAD", "")
+  for name in ("tcmalloc", "jemalloc", "mimalloc"):
+    if name in preload:
+      return name
+  return "glibc malloc"

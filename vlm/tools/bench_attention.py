@@ -1,0 +1,89 @@
+r"""Block-sparse against dense attention, forward + backward, side by side in one run (SViTT edge sparsity).
+
+  python -m vlm.tools.bench_attention --tokens=1568 --block_size=56 --local_blocks=1 --random_blocks=3
+
+Times the gradient of sum(attention(q, k, v)) w.r.t. q, k, v for the dense kernel ('explicit' on CPU, the fused
+`jax.nn.dot_product_attention` on GPU, or `--dense=fused|explicit`) and for `vlm.nn.block_sparse`, with one [CLS]
+token in front of `--tokens` local tokens (8 frames x 196 patches = 1568 by default), and prints:
+
+  edge ratio    dense edges / block-sparse edges (the ideal speed-up: attention work is proportional to edges),
+  speed-up      dense time / block-sparse time (medians of --steps runs after compilation),
+  efficiency    speed-up / edge ratio (1.0 = the sparse kernel is exactly as fast per edge as the dense one).
+
+The random pattern is drawn inside the timed function (training mode), as in a real step.
+"""
+from __future__ import annotations
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+
+from vlm.nn import attention
+from vlm.nn import block_sparse
+from vlm.tools import common
+
+_TOKENS = flags.DEFINE_integer("tokens", 1568, "Local tokens N (plus one [CLS]).")
+_BATCH = flags.DEFINE_integer("batch", 4, "Batch size.")
+_HEADS = flags.DEFINE_integer("heads", 12, "Attention heads.")
+_HEAD_DIM = flags.DEFINE_integer("head_dim", 64, "Features per head.")
+_BLOCK = flags.DEFINE_integer("block_size", 56, "G: tokens per block.")
+_LOCAL = flags.DEFINE_integer("local_blocks", 1, "K_l.")
+_RANDOM = flags.DEFINE_integer("random_blocks", 3, "K_r.")
+_DENSE = flags.DEFINE_enum("dense", "auto", ["auto", "fused", "explicit"], "Dense kernel implementation.")
+_RUNS = flags.DEFINE_integer("runs", 7, "Timed runs per kernel (median reported).")
+_DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype.")
+
+
+def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, local_blocks: int,
+        random_blocks: int, dense: str = "auto", steps: int = 7, dtype: str = "float32") -> dict[str, float]:
+  """Times both kernels; returns the figures the module docstring lists."""
+  n_total = tokens + 1
+  keys = jax.random.split(jax.random.key(0), 4)
+  q, k, v = (jax.random.normal(kk, (batch, n_total, heads, head_dim), jnp.dtype(dtype)) for kk in keys[:3])
+  opts = dict(block_size=block_size, local_blocks=local_blocks, random_blocks=random_blocks, num_global=1)
+
+  def dense_fn(q, k, v, rng):
+    del rng
+    return attention.dense_attention(q, k, v, implementation=dense)
+
+  def sparse_fn(q, k, v, rng):
+    return block_sparse.block_sparse_attention(q, k, v, dropout_rng=rng, deterministic=False, **opts)
+
+  results = {}
+  for name, fn in (("dense", dense_fn), ("block_sparse", sparse_fn)):
+    grad = jax.jit(jax.grad(lambda q, k, v, r, fn=fn: jnp.sum(fn(q, k, v, r).astype(jnp.float32)),
+                            argnums=(0, 1, 2)))
+    jax.block_until_ready(grad(q, k, v, keys[3]))  # compile
+    jax.block_until_ready(grad(q, k, v, keys[3]))  # warm-up
+    med, times = common.median_seconds(lambda: grad(q, k, v, keys[3]), steps)
+    results[f"{name}_seconds"] = med
+    results[f"{name}_seconds_all"] = times
+  dense_edges = n_total * n_total
+  sparse_edges = block_sparse.edge_count(tokens, 1, block_size, local_blocks, random_blocks)
+  edge_ratio = dense_edges / sparse_edges
+  speedup = results["dense_seconds"] / results["block_sparse_seconds"]
+  return {**results, "dense_edges": float(dense_edges), "sparse_edges": float(sparse_edges),
+          "edge_ratio": edge_ratio, "speedup": speedup, "efficiency": speedup / edge_ratio,
+          "device": jax.devices()[0].device_kind, "allocator": common.allocator()}
+
+
+def main(argv):
+  del argv
+  r = run(_TOKENS.value, _BATCH.value, _HEADS.value, _HEAD_DIM.value, _BLOCK.value, _LOCAL.value, _RANDOM.value,
+          _DENSE.value, _RUNS.value, _DTYPE.value)
+  if common.JSON.value:
+    print(json.dumps(r, indent=1))
+    return
+  print(f"== attention fwd+bwd on {r['device']} ({r['allocator']}): batch {_BATCH.value}, {_TOKENS.value} + 1 "
+        f"tokens, {_HEADS.value} heads x {_HEAD_DIM.value}, (K_l, K_r, G) = ({_LOCAL.value}, {_RANDOM.value}, "
+        f"{_BLOCK.value})")
+  print(f"dense {r['dense_seconds'] * 1e3:.1f} ms, block-sparse {r['block_sparse_seconds'] * 1e3:.1f} ms")
+  print(f"edge ratio {r['edge_ratio']:.2f}x (ideal), speed-up {r['speedup']:.2f}x, "
+        f"efficiency {r['efficiency']:.2f} of the ideal")
+
+
+if __name__ == "__main__":
+  app.run(main)
