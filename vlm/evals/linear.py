@@ -108,8 +108,8 @@ def svm_objective(params: dict[str, jax.Array], x: jax.Array, y_pm: jax.Array, c
   return 0.5 * jnp.sum(params["W"] ** 2) + c * jnp.sum(jnp.maximum(0.0, 1.0 - margins) ** 2)
 
 
-def fit_svm(x: np.ndarray, y: np.ndarray, num_classes: int, *, C: float = 1.0, max_iters: int = 500,  # pylint: disable=invalid-name
-            tol: float = 1e-6) -> dict[str, jax.Array]:
+def fit_svm(x: np.ndarray, y: np.ndarray, num_classes: int, *, C: float = 1.0,  # pylint: disable=invalid-name
+            max_iters: int = 500, tol: float = 1e-6) -> dict[str, jax.Array]:
   """Fits the linear SVM on x [N, D], labels y [N] by L-BFGS (the objective is convex, piecewise quadratic)."""
   x = jnp.asarray(x, jnp.float32)
   y_pm = 2.0 * jax.nn.one_hot(jnp.asarray(y), num_classes) - 1.0

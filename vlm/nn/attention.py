@@ -127,14 +127,15 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, mask: jax.Array | None = None, bias: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
-    """Self-attention over x.
+  def __call__(self, x: jax.Array, *, context: jax.Array | None = None, mask: jax.Array | None = None,
+               bias: jax.Array | None = None, train: bool = False) -> jax.Array:
+    """Self-attention over x, or cross-attention from x to `context`.
 
     Args:
-      x: [B, N, D] inputs.
-      mask: optional [B, N] key-padding mask (nonzero = valid token).
-      bias: optional logit bias broadcastable to [B, H, N, N].
+      x: [B, N, D] inputs (the queries).
+      context: optional [B, M, Dc] keys/values source (cross-attention); default x.
+      mask: optional [B, M] key-padding mask (nonzero = valid token).
+      bias: optional logit bias broadcastable to [B, H, N, M].
       train: enables dropout (and whatever randomness the kernel uses).
 
     Returns:
@@ -143,12 +144,13 @@ class MultiHeadAttention(nn.Module):
     d = x.shape[-1]
     heads = (self.num_heads, self.head_dim)
     qkv_axes = ((ax.EMBED, ax.HEADS, ax.KV), (ax.HEADS, ax.KV))
+    source = x if context is None else context
 
-    def proj(name):
-      return EinsumDense("bnd,dhk->bnhk", (d,) + heads, qkv_axes, in_axes=(0,), out_axes=(1, 2),
-                         use_bias=self.use_bias, dtype=self.dtype, name=name)(x)
+    def proj(name, inputs):
+      return EinsumDense("bnd,dhk->bnhk", (inputs.shape[-1],) + heads, qkv_axes, in_axes=(0,), out_axes=(1, 2),
+                         use_bias=self.use_bias, dtype=self.dtype, name=name)(inputs)
 
-    q, k, v = proj("query"), proj("key"), proj("value")  # [B, N, H, K] each
+    q, k, v = proj("query", x), proj("key", source), proj("value", source)  # [B, N|M, H, K]
     rng = self.make_rng("dropout") if train and self.has_rng("dropout") else None
     fn = get_attention_fn(self.attention)
     out = fn(q, k, v, mask=None if mask is None else mask.astype(bool), bias=bias,
@@ -253,4 +255,5 @@ class RelativePositionBias(nn.Module):
 
 
 # Kernels living in their own modules register themselves on import (after everything above is defined).
-from vlm.nn import block_sparse as _block_sparse  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import  # noqa: E402,F401
+# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from vlm.nn import block_sparse as _block_sparse  # noqa: E402,F401

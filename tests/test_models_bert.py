@@ -1,0 +1,77 @@
+"""BERT text encoder (SViTT f_t): parity with HF transformers' BertModel (random weights, padding mask), and the
+split of one BERT into text layers and cross-attending multimodal layers."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlm.models import bert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+CONFIG = dict(vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=16, hidden_act="gelu", layer_norm_eps=1e-12)
+
+
+@pytest.fixture(scope="module")
+def hf_bert():
+  torch.manual_seed(0)
+  model = transformers.BertModel(transformers.BertConfig(**CONFIG), add_pooling_layer=False).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  flat = {k: v.numpy() for k, v in model.state_dict().items()}
+  return model, flat
+
+
+def _ids():
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, 50, (3, 10))
+  mask = np.ones((3, 10), np.int64)
+  mask[1, 6:] = 0
+  mask[2, 3:] = 0
+  return ids, mask
+
+
+def test_hf_bert_parity(hf_bert):
+  model, flat = hf_bert
+  ids, mask = _ids()
+  with torch.no_grad():
+    expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+  ours = bert.BertEncoder(vocab_size=50, num_layers=3, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16)
+  params = bert.from_hf_bert(flat, 2)
+  got = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+  real = mask.astype(bool)  # padded positions are not compared (neither model masks their queries)
+  np.testing.assert_allclose(np.asarray(got)[real], expected[real], atol=2e-5, rtol=1e-4)
+  with pytest.raises(ValueError, match="longer than the 16 positions"):
+    ours.apply({"params": params}, jnp.zeros((1, 17), jnp.int32))
+
+
+def test_split_bert_and_cross_attention(hf_bert):
+  """Layers 0-1 as the text encoder and layer 2 run on their output (embed=False) give the full BERT; with
+  cross-attention, the video context changes the text states and masked context tokens do not."""
+  model, flat = hf_bert
+  ids, mask = _ids()
+  with torch.no_grad():
+    expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+  real = mask.astype(bool)
+  text = bert.BertEncoder(vocab_size=50, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16)
+  h = text.apply({"params": bert.from_hf_bert(flat, 2, num_layers=2)}, jnp.asarray(ids), jnp.asarray(mask))
+  upper = bert.BertEncoder(num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2, embed=False)
+  out = upper.apply({"params": bert.from_hf_bert(flat, 2, first_layer=2, embeddings=False)}, h, jnp.asarray(mask))
+  np.testing.assert_allclose(np.asarray(out)[real], expected[real], atol=2e-5, rtol=1e-4)
+
+  fusion = bert.BertEncoder(num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2, cross_attention_from=0,
+                            embed=False)
+  video = jax.random.normal(jax.random.key(0), (3, 5, 24))
+  video_mask = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], bool)
+  params = fusion.init(jax.random.key(1), h, jnp.asarray(mask), context=video)["params"]
+  run = lambda v: np.asarray(fusion.apply({"params": params}, h, jnp.asarray(mask), context=v,
+                                          context_mask=video_mask))
+  base = run(video)
+  moved = video.at[1, 3:].add(5.0).at[2, 1:].add(5.0)  # only masked context tokens change
+  np.testing.assert_allclose(run(moved), base, atol=1e-5)
+  assert not np.allclose(run(video.at[0, 0].add(5.0))[0], base[0], atol=1e-3)
+  with pytest.raises(ValueError, match="pass the context"):
+    fusion.apply({"params": params}, h, jnp.asarray(mask))

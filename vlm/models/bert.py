@@ -1,0 +1,145 @@
+"""BERT text and multimodal encoders (SViTT f_t and f_m, as in Singularity) and HF BERT checkpoints.
+
+BERT layers are post-norm: h = LN(x + Dropout(SelfAttn(x))), [h = LN(h + Dropout(CrossAttn(h, video)))],
+out = LN(h + Dropout(MLP(h))), exact GELU, LayerNorm eps 1e-12. Embeddings: word + learned absolute position +
+token type (type 0 for text), then LayerNorm and dropout.
+
+`BertEncoder(num_layers, cross_attention_from=k)`: layers k.. also cross-attend to a `context` (the video tokens),
+which makes the upper layers of a BERT the multimodal encoder f_m; with k >= num_layers it is the plain text
+encoder f_t. Singularity / SViTT split one 12-layer BERT into 9 text layers and 3 multimodal layers.
+
+`from_hf_bert(flat)` maps HF `BertModel` weights (`embeddings.*`, `encoder.layer.<i>.*`, optional
+`crossattention.*`) onto these parameters: tests match HF's hidden states on random weights, and the real MiniLM-L6
+weights where the package that ships them is installed.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vlm.nn import attention as attention_lib
+from vlm.nn import dropout as dropout_lib
+from vlm.nn import logical as ax
+from vlm.nn import mlp as mlp_lib
+from vlm.nn import transformer
+
+
+class BertLayer(nn.Module):
+  """One post-norm BERT layer, optionally with cross-attention to a context."""
+  num_heads: int
+  mlp_dim: int
+  cross_attention: bool = False
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array | None, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+    d = x.shape[-1]
+    drop = lambda y: dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
+    attn = lambda name: attention_lib.MultiHeadAttention(
+        num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
+        dtype=self.dtype, name=name)
+    norm = lambda name: transformer.layer_norm(self.layer_norm_epsilon, self.dtype, name)
+    x = norm("ln_attention")(x + drop(attn("attention")(x, mask=mask, train=train)))
+    if self.cross_attention:
+      if context is None:
+        raise ValueError("This BERT layer cross-attends: pass the context (e.g. video tokens).")
+      x = norm("ln_cross_attention")(x + drop(attn("cross_attention")(x, context=context, mask=context_mask,
+                                                                        train=train)))
+    y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=0.0, dtype=self.dtype, name="mlp")(x, deterministic=not train)
+    return norm("ln_mlp")(x + drop(y))
+
+
+class BertEncoder(nn.Module):
+  """ids [B, L] (+ mask) -> hidden states [B, L, D]; layers >= cross_attention_from attend to `context`."""
+  vocab_size: int = 30522
+  num_layers: int = 12
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  max_positions: int = 512
+  type_vocab_size: int = 2
+  cross_attention_from: int = 1_000  # no cross-attention by default
+  embed: bool = True  # False: the input is already hidden states (the multimodal half of a split BERT)
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array, mask: jax.Array | None = None, *, context: jax.Array | None = None,
+               context_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+    if self.embed:
+      length = inputs.shape[1]
+      if length > self.max_positions:
+        raise ValueError(f"text of {length} tokens is longer than the {self.max_positions} positions of the "
+                         "encoder; truncate it in the tokenizer (input.max_text_len).")
+      table = lambda name, n: self.param(name, nn.with_logical_partitioning(nn.initializers.normal(0.02),
+                                                                            (None, ax.EMBED)),
+                                         (n, self.hidden_size), jnp.float32)
+      x = (jnp.take(table("word_embeddings", self.vocab_size), inputs, axis=0)
+           + table("position_embeddings", self.max_positions)[None, :length]
+           + table("token_type_embeddings", self.type_vocab_size)[None, :1])
+      x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "embedding_norm")(x.astype(self.dtype))
+      x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
+    else:
+      x = inputs
+    mask = None if mask is None else mask.astype(bool)
+    for i in range(self.num_layers):
+      x = BertLayer(self.num_heads, self.mlp_dim, cross_attention=i >= self.cross_attention_from,
+                    dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=f"layer_{i:02d}")(
+                        x, mask, context, context_mask, train=train)
+    return x
+
+
+def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 0,
+                 num_layers: int | None = None, embeddings: bool = True) -> dict[str, Any]:
+  """BertEncoder params from HF `BertModel` weights: layers [first_layer, first_layer + num_layers) renumbered
+  from 0 (a 12-layer BERT splits into a 9-layer text encoder and a 3-layer multimodal one)."""
+  flat = {k[len("bert."):] if k.startswith("bert.") else k: np.asarray(v, np.float32) for k, v in flat.items()}
+
+  def take(name):
+    if name not in flat:
+      raise KeyError(f"HF BERT checkpoint lacks {name!r} (has e.g. {sorted(flat)[:5]}).")
+    return flat[name]
+
+  d = take("embeddings.word_embeddings.weight").shape[1]
+  hd = (num_heads, d // num_heads)
+  out: dict[str, Any] = {}
+  if embeddings:
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+      out[name] = take(f"embeddings.{name}.weight")
+    out["embedding_norm"] = {"scale": take("embeddings.LayerNorm.weight"), "bias": take("embeddings.LayerNorm.bias")}
+  available = sorted({int(m.group(1)) for k in flat if (m := re.match(r"encoder\.layer\.(\d+)\.", k))})
+  count = len(available) - first_layer if num_layers is None else num_layers
+  for j in range(count):
+    p = f"encoder.layer.{first_layer + j}."
+
+    def attention(prefix):
+      att = {}
+      for proj in ("query", "key", "value"):
+        w = take(f"{p}{prefix}.self.{proj}.weight").T
+        att[proj] = {"kernel": w.reshape((w.shape[0],) + hd), "bias": take(f"{p}{prefix}.self.{proj}.bias").reshape(hd)}
+      att["out"] = {"kernel": take(f"{p}{prefix}.output.dense.weight").T.reshape(hd + (d,)),
+                    "bias": take(f"{p}{prefix}.output.dense.bias")}
+      norm = {"scale": take(f"{p}{prefix}.output.LayerNorm.weight"), "bias": take(f"{p}{prefix}.output.LayerNorm.bias")}
+      return att, norm
+
+    layer = {}
+    layer["attention"], layer["ln_attention"] = attention("attention")
+    if f"{p}crossattention.self.query.weight" in flat:
+      layer["cross_attention"], layer["ln_cross_attention"] = attention("crossattention")
+    dense = lambda name: {"kernel": take(f"{p}{name}.weight").T, "bias": take(f"{p}{name}.bias")}
+    layer["mlp"] = {"wi": dense("intermediate.dense"), "wo": dense("output.dense")}
+    layer["ln_mlp"] = {"scale": take(p + "output.LayerNorm.weight"), "bias": take(p + "output.LayerNorm.bias")}
+    out[f"layer_{j:02d}"] = layer
+  return jax.tree.map(jnp.asarray, out)
