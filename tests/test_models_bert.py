@@ -75,3 +75,43 @@ def test_split_bert_and_cross_attention(hf_bert):
   assert not np.allclose(run(video.at[0, 0].add(5.0))[0], base[0], atol=1e-3)
   with pytest.raises(ValueError, match="pass the context"):
     fusion.apply({"params": params}, h, jnp.asarray(mask))
+
+
+def test_real_minilm_weights_match_hf():
+  """all-MiniLM-L6-v2's real weights (tests/media_files.py fetches them) in our text encoder, on text tokenised
+  by tensorflow_text with its vocab.txt: the same hidden states as HF transformers' BertModel."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import media_files  # pylint: disable=g-import-not-at-top
+  path = media_files.minilm_dir()
+  if path is None:
+    pytest.skip("MiniLM-L6 weights not fetched: run python tests/media_files.py")
+  text_lib = pytest.importorskip("tensorflow_text")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(path, "config.json")) as f:
+    cfg = json.load(f)
+  sentences = ["A man is riding a horse on the beach.", "Two dogs play in the snow"]
+  tokenizer = text_lib.BertTokenizer(os.path.join(path, "vocab.txt"), lower_case=True, token_out_type=tf.int64)
+  vocab = open(os.path.join(path, "vocab.txt")).read().split("\n")
+  cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
+  pieces = [list(tokenizer.tokenize([s]).merge_dims(1, -1).to_list()[0]) for s in sentences]
+  length = max(len(p) for p in pieces) + 2
+  ids = np.zeros((2, length), np.int64)
+  mask = np.zeros((2, length), np.int64)
+  for i, p in enumerate(pieces):
+    row = [cls] + p + [sep]
+    ids[i, :len(row)], mask[i, :len(row)] = row, 1
+  assert list(ids[0, 1:11]) == [1037, 2158, 2003, 5559, 1037, 3586, 2006, 1996, 3509, 1012]  # environment.md
+  reference = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).eval()
+  with torch.no_grad():
+    expected = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+  ours = bert.BertEncoder(vocab_size=cfg["vocab_size"], num_layers=cfg["num_hidden_layers"],
+                          hidden_size=cfg["hidden_size"], mlp_dim=cfg["intermediate_size"],
+                          num_heads=cfg["num_attention_heads"], max_positions=cfg["max_position_embeddings"])
+  params = bert.from_hf_bert(load_file(os.path.join(path, "model.safetensors")), cfg["num_attention_heads"])
+  got = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[real], expected.numpy()[real], atol=1e-4, rtol=1e-4)
