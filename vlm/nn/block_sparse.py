@@ -186,39 +186,41 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   if perm is not None:
     positions = positions[perm]
   positions = jnp.pad(positions, (0, pad), constant_values=0)
-  q_loc = local_part(query).reshape(b, nblk, block_size, h, dk)
-  k_blocks = local_part(key).reshape(b, nblk, block_size, h, dk)
-  v_blocks = local_part(value).reshape(b, nblk, block_size, h, dk)
+  # Head-major blocks [B, H, nblk, G, K]: batch and head lead, so every einsum below is a plain batched matmul
+  # (XLA:CPU inserts transposes around dots whose batch axes are not leading).
+  heads_first = lambda x: x.reshape(b, nblk, block_size, h, dk).transpose(0, 3, 1, 2, 4)
+  q_loc = heads_first(local_part(query))
+  k_blocks = heads_first(local_part(key))
+  v_blocks = heads_first(local_part(value))
   m_blocks = local_part(valid, fill=False).reshape(b, nblk, block_size)
   pos_blocks = positions.reshape(nblk, block_size)
 
-  # Keys of each query block: the globals, then its K_l + K_r gathered blocks.  [B, nblk, S_b, H, K]
-  k_sel = k_blocks[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
-  v_sel = v_blocks[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
+  # Keys of each query block: the globals, then its K_l + K_r gathered blocks.  [B, H, nblk, S_b, K]
+  k_sel = k_blocks[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
+  v_sel = v_blocks[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
   m_sel = m_blocks[:, pattern].reshape(b, nblk, kb_num * block_size)
   k_pos = pos_blocks[pattern].reshape(nblk, kb_num * block_size)
-  glob = lambda x: jnp.broadcast_to(x[:, None, :g_num], (b, nblk) + x[:, :g_num].shape[1:])
-  k_all = jnp.concatenate([glob(key), k_sel], axis=2)
-  v_all = jnp.concatenate([glob(value), v_sel], axis=2)
-  m_all = jnp.concatenate([glob(valid), m_sel], axis=2)
+  glob = lambda x: jnp.broadcast_to(x[:, :g_num].transpose(0, 2, 1, 3)[:, :, None], (b, h, nblk, g_num, dk))
+  k_all = jnp.concatenate([glob(key), k_sel], axis=3)
+  v_all = jnp.concatenate([glob(value), v_sel], axis=3)
+  m_all = jnp.concatenate([jnp.broadcast_to(valid[:, None, :g_num], (b, nblk, g_num)), m_sel], axis=2)
   k_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(g_num)[None], (nblk, g_num)), k_pos], axis=1)
 
   scale = dk ** -0.5
-  logits = jnp.einsum("bngHd,bnsHd->bnHgs", q_loc, k_all, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("bhngd,bhnsd->bhngs", q_loc, k_all, preferred_element_type=jnp.float32) * scale
   if bias is not None:
     full = jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total)).astype(jnp.float32)
     # bias[..., query position, key position] for every (block, query, key) edge: [B|1, H, nblk, G, S_b]
-    gathered = full[:, :, pos_blocks[:, :, None], k_pos[:, None, :]]
-    logits = logits + jnp.moveaxis(gathered, 1, 2)
-  logits = jnp.where(m_all[:, :, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    logits = logits + full[:, :, pos_blocks[:, :, None], k_pos[:, None, :]]
+  logits = jnp.where(m_all[:, None, :, None, :], logits, jnp.finfo(jnp.float32).min)
   weights = jax.nn.softmax(logits, axis=-1)
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("Attention dropout needs dropout_rng.")
     keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out_loc = jnp.einsum("bnHgs,bnsHd->bngHd", weights.astype(value.dtype), v_all)
-  out_loc = out_loc.reshape(b, nblk * block_size, h, dk)[:, :n]
+  out_loc = jnp.einsum("bhngs,bhnsd->bhngd", weights.astype(value.dtype), v_all)
+  out_loc = out_loc.transpose(0, 2, 3, 1, 4).reshape(b, nblk * block_size, h, dk)[:, :n]
   if perm is not None:
     out_loc = jnp.zeros_like(out_loc).at[:, perm].set(out_loc)  # back to the caller's order
 
