@@ -17,7 +17,7 @@ def hf_beit(tmp_path_factory):
   config = transformers.BeitConfig(
       hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32, patch_size=8,
       use_relative_position_bias=True, use_absolute_position_embeddings=False, use_mean_pooling=True,
-      layer_scale_init_value=0.1, hidden_act="gelu", layer_norm_eps=1e-12)
+      layer_scale_init_value=0.1, hidden_act="gelu", layer_norm_eps=1e-12, attn_implementation="eager")
   model = transformers.BeitModel(config).eval()
   with torch.no_grad():  # randomise what HF initialises to constants (biases, tables, layer scales)
     for p in model.parameters():
@@ -63,3 +63,24 @@ def test_inflated_model_treats_every_frame_of_a_static_clip_alike(hf_beit):
   assert not np.allclose(frames[:, 0], np.asarray(image_tokens[:, 1:]), atol=1e-3)
   with pytest.raises(ValueError, match="expand the checkpoint"):
     _ours(flat, 4, np.repeat(images[:, None], 2, axis=1))
+
+
+def test_token_pruning_keeps_the_tokens_hf_cls_attends_to_most(hf_beit):
+  """Node sparsity after layer 1 with q = 0.5: the kept patches are the top 8 of 16 by the head-averaged [CLS]
+  attention row of HF's layer 1 (output_attentions), in original order; later layers see their true positions."""
+  model, flat = hf_beit
+  images = np.random.default_rng(2).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  with torch.no_grad():
+    attn = model(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2)), output_attentions=True).attentions
+  cls_row = attn[0].numpy().mean(axis=1)[:, 0, 1:]  # [B, 16]
+  pruned = beit.VideoBeit(num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2, patch_size=8, frames=1,
+                          image_size=32, prune_after=(1,), keep_rate=0.5)
+  tokens, aux = pruned.apply({"params": beit.from_hf_beit(flat, 2, image_grid=(4, 4), frames=1)},
+                             jnp.asarray(images[:, None]))
+  assert tokens.shape == (2, 1 + 8, 32)
+  for i in range(2):
+    expected = np.sort(np.argsort(-cls_row[i])[:8]) + 1  # positions count the [CLS] as 0
+    np.testing.assert_array_equal(np.asarray(aux["positions"][i, 1:]), expected)
+  with pytest.raises(ValueError, match=r"\(0, 1\]"):
+    beit.VideoBeit(num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2, patch_size=8, frames=1, image_size=32,
+                   prune_after=(1,), keep_rate=1.5).init(jax.random.key(0), jnp.zeros((1, 1, 32, 32, 3)))

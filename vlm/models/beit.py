@@ -10,6 +10,10 @@ differences, all kept here:
 * no bias on the key projection (a key bias adds the same q.b to every logit of a query, so softmax cancels it:
   ours keeps a zero key bias, which never receives a gradient, so HF checkpoints load exactly).
 
+Node sparsity (SViTT): with `prune_after=(4, 7, 10)` and `keep_rate=q_v`, after each of those layers the patch
+tokens are cut to ceil(q_v N) by that layer's head-averaged [CLS] attention (vlm/nn/token_pruning.py; the test
+checks the kept positions against HF's attention maps).
+
 Pooling: BEiT's `use_mean_pooling` (LayerNorm of the mean patch token) or the final LayerNorm's [CLS].
 The token `positions` passed through the layers are indices into the (1 + T H W) grid, so the relative bias stays
 right when tokens are reordered or pruned (vlm/nn/token_pruning.py).
@@ -33,6 +37,7 @@ from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
 from vlm.nn import patch as patch_lib
+from vlm.nn import token_pruning
 from vlm.nn import transformer
 from vlm.nn import video_positions
 
@@ -49,10 +54,12 @@ class BeitBlock(nn.Module):
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   layer_norm_epsilon: float = 1e-12
+  return_cls_attention: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, *, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, positions: jax.Array, *, train: bool = False):
+    """-> x [B, N, D], or (x, [CLS] attention over the other tokens [B, N - 1]) with return_cls_attention."""
     d = x.shape[-1]
     table = self.param("relative_position_bias_table",
                        nn.with_logical_partitioning(nn.initializers.zeros, (None, ax.HEADS)),
@@ -63,13 +70,15 @@ class BeitBlock(nn.Module):
     y = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "ln_attention")(x)
     y = attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
-        attention=self.attention, attention_kwargs=self.attention_kwargs, dtype=self.dtype,
-        name="attention")(y, bias=bias, train=train)
+        attention=self.attention, attention_kwargs=self.attention_kwargs,
+        return_cls_attention=self.return_cls_attention, dtype=self.dtype, name="attention")(y, bias=bias, train=train)
+    y, cls_attention = y if self.return_cls_attention else (y, None)
     x = x + self._branch(y, "layer_scale_attention", train)
     y = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "ln_mlp")(x)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype, name="mlp")(
         y, deterministic=not train)
-    return x + self._branch(y, "layer_scale_mlp", train)
+    x = x + self._branch(y, "layer_scale_mlp", train)
+    return (x, cls_attention) if self.return_cls_attention else x
 
   def _branch(self, y: jax.Array, scale_name: str, train: bool) -> jax.Array:
     y = dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -101,11 +110,15 @@ class VideoBeit(nn.Module):
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   layer_norm_epsilon: float = 1e-12
+  prune_after: tuple[int, ...] = ()  # 1-based layers after which tokens are pruned (SViTT: 4, 7, 10)
+  keep_rate: float = 1.0  # q_v: fraction of the patch tokens kept at each pruning
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
     b, t, h, w, _ = video.shape
+    if self.prune_after:
+      token_pruning.keep_count(1, self.keep_rate)  # validates q_v in (0, 1] before any compute
     side = self.image_size // self.patch_size
     grid = (self.frames, side, side)
     if (t, h // self.patch_size, w // self.patch_size) != grid:
@@ -127,9 +140,16 @@ class VideoBeit(nn.Module):
     positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (b, x.shape[1]))
     for i in range(self.num_layers):
       drop_path = self.drop_path_rate * i / max(1, self.num_layers - 1)  # linear decay as BEiT
-      x = BeitBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale_init, self.dropout_rate,
-                    self.attention_dropout_rate, drop_path, self.attention, self.attention_kwargs,
-                    self.layer_norm_epsilon, self.dtype, name=f"layer_{i:02d}")(x, positions, train=train)
+      prune = (i + 1) in self.prune_after and self.keep_rate < 1.0
+      out = BeitBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale_init, self.dropout_rate,
+                      self.attention_dropout_rate, drop_path, self.attention, self.attention_kwargs,
+                      self.layer_norm_epsilon, prune, self.dtype, name=f"layer_{i:02d}")(x, positions, train=train)
+      if prune:  # node sparsity: keep the tokens [CLS] attended to most in this layer (vlm/nn/token_pruning.py)
+        x, scores = out
+        x, kept, _ = token_pruning.prune(x, scores, self.keep_rate, positions=positions[:, 1:])
+        positions = jnp.concatenate([positions[:, :1], kept], axis=1)
+      else:
+        x = out
     norm = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "pool_norm" if self.mean_pooling
                                   else "encoder_norm")
     if self.mean_pooling:  # BEiT: tokens stay un-normalised, the pooled mean of the patches is normalised

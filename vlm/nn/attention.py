@@ -116,6 +116,8 @@ class MultiHeadAttention(nn.Module):
     use_bias: biases on the q/k/v/out projections.
     attention: name of the registered kernel ('dense').
     attention_kwargs: extra keyword options for that kernel.
+    return_cls_attention: also return query 0's attention over keys 1.. averaged over heads, [B, M - 1] (the
+      token-pruning score of SViTT; vlm/nn/token_pruning.py), computed densely from the same q, k and bias.
     dtype: computation dtype.
   """
   num_heads: int
@@ -124,6 +126,7 @@ class MultiHeadAttention(nn.Module):
   use_bias: bool = True
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
+  return_cls_attention: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -156,8 +159,12 @@ class MultiHeadAttention(nn.Module):
     out = fn(q, k, v, mask=None if mask is None else mask.astype(bool), bias=bias,
              dropout_rate=self.dropout_rate, dropout_rng=rng, deterministic=not train,
              **dict(self.attention_kwargs or {}))
-    return EinsumDense("bnhk,hkd->bnd", heads + (d,), ((ax.HEADS, ax.KV, ax.EMBED), (ax.EMBED,)),
-                       in_axes=(0, 1), out_axes=(2,), use_bias=self.use_bias, dtype=self.dtype, name="out")(out)
+    out = EinsumDense("bnhk,hkd->bnd", heads + (d,), ((ax.HEADS, ax.KV, ax.EMBED), (ax.EMBED,)),
+                      in_axes=(0, 1), out_axes=(2,), use_bias=self.use_bias, dtype=self.dtype, name="out")(out)
+    if self.return_cls_attention:
+      from vlm.nn import token_pruning  # pylint: disable=g-import-not-at-top
+      return out, token_pruning.cls_attention(q, k, mask=mask, bias=bias)
+    return out
 
 
 class EinsumDense(nn.Module):
