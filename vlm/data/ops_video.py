@@ -78,9 +78,12 @@ def _apply_pad(idx: tf.Tensor, n: tf.Tensor, span: tf.Tensor, pad: str) -> tf.Te
   if pad == "pad_last":
     return tf.minimum(idx, n - 1)
   if pad == "error":
-    tf.debugging.assert_greater_equal(
+    check = tf.debugging.assert_greater_equal(
         n, span, message="Clip too short for the requested frames (pad='error'): record frames < needed span")
-    return idx
+    # In a tf.data graph the assertion must run before the gather that would fail on the short clip, or the
+    # gather's out-of-range error can win the race and hide the message.
+    with tf.control_dependencies([check] if check is not None else []):
+      return tf.identity(idx)
   raise ValueError(f"pad must be one of {PAD_POLICIES}, got {pad!r}.")
 
 
