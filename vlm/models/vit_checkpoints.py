@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlm.models import hf_weights
+
 
 @dataclasses.dataclass
 class ViTWeights:
@@ -95,21 +97,15 @@ def read_vit(path_or_flat: str | dict[str, Any], num_heads: int | None = None) -
 
 
 def _take(flat: dict[str, Any], key: str) -> np.ndarray:
-  if key not in flat:
-    raise KeyError(f"ViT checkpoint lacks {key!r} (has e.g. {sorted(flat)[:5]}).")
-  return np.asarray(flat[key], np.float32)
-
-
-def _strip_hf_prefix(flat: dict[str, Any]) -> dict[str, Any]:
-  return {k[len("vit."):] if k.startswith("vit.") else k: v for k, v in flat.items()}
+  return hf_weights.take(flat, key, "ViT checkpoint")
 
 
 def _hf_width(flat: dict[str, Any]) -> int:
-  return int(_take(_strip_hf_prefix(flat), "embeddings.patch_embeddings.projection.weight").shape[0])
+  return int(_take(hf_weights.strip_prefix(flat, "vit."), "embeddings.patch_embeddings.projection.weight").shape[0])
 
 
 def _from_hf(flat: dict[str, Any], heads: int) -> ViTWeights:
-  flat = _strip_hf_prefix(flat)
+  flat = hf_weights.strip_prefix(flat, "vit.")
   d = _hf_width(flat)
   num_layers = 1 + max(int(m.group(1)) for k in flat if (m := re.match(r"encoder\.layer\.(\d+)\.", k)))
   layers = []

@@ -258,8 +258,8 @@ def svitt_edges(num_frames: int, *, patches_per_frame: int = 196, visual_layers:
 
   With table A1's settings this gives 1.475M / 0.802 (4 frames, q_v 0.7), 2.605M / 0.912 (8, 0.6) and
   4.622M / 0.961 (16, 0.5) against the table's 1.48M / 0.80, 2.60M / 0.91, 4.61M / 0.96 (tests/
-  test_nn_block_sparse.py). Without the [CLS] edges or with pruning after layers 3, 6, 9 the edge counts miss
-  the table by 2-15%, which is how the reading above was settled.
+  test_nn_block_sparse.py). Without the [CLS] edges the counts fall 0.6-1.3% short (outside the table's
+  rounding); with pruning after layers 3, 6, 9 they fall 9-14% short. That is how the reading above was settled.
   """
   n0 = num_frames * patches_per_frame
   n, visual = n0, 0
