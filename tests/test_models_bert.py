@@ -115,3 +115,63 @@ def test_real_minilm_weights_match_hf():
   got = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], expected.numpy()[real], atol=1e-4, rtol=1e-4)
+
+
+def test_causal_cross_attending_decoder_matches_hf():
+  """The QA answer decoder: HF BertModel(is_decoder, add_cross_attention) with encoder states = our causal
+  BertEncoder with cross-attention from layer 0, and a later token never changes an earlier position."""
+  torch.manual_seed(1)
+  cfg = transformers.BertConfig(**CONFIG, is_decoder=True, add_cross_attention=True)
+  model = transformers.BertModel(cfg, add_pooling_layer=False).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  flat = {k: v.numpy() for k, v in model.state_dict().items()}
+  ids, mask = _ids()
+  context = np.random.default_rng(1).normal(size=(3, 7, 32)).astype(np.float32)
+  context_mask = np.ones((3, 7), np.int64)
+  context_mask[0, 5:] = 0
+  with torch.no_grad():
+    expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                     encoder_hidden_states=torch.from_numpy(context),
+                     encoder_attention_mask=torch.from_numpy(context_mask)).last_hidden_state.numpy()
+  ours = bert.BertEncoder(vocab_size=50, num_layers=3, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16,
+                          cross_attention_from=0, causal=True)
+  params = bert.from_hf_bert(flat, 2)
+  run = lambda i: np.asarray(ours.apply({"params": params}, jnp.asarray(i), jnp.asarray(mask),
+                                        context=jnp.asarray(context), context_mask=jnp.asarray(context_mask)))
+  got = run(ids)
+  real = mask.astype(bool)
+  np.testing.assert_allclose(got[real], expected[real], atol=2e-5, rtol=1e-4)
+  changed = ids.copy()
+  changed[:, 4:] = 7
+  np.testing.assert_allclose(run(changed)[:, :4], got[:, :4], atol=1e-6)
+  assert np.abs(run(changed)[0, 5] - got[0, 5]).max() > 1e-3
+
+
+def test_multimodal_pruning_keeps_what_the_text_cls_attends_to():
+  """q_m pruning after layer 1: layer 2 sees [CLS] + the ceil(q N) video tokens with the highest text-[CLS]
+  cross-attention of layer 1 (head-averaged), in their original order."""
+  rng = np.random.default_rng(2)
+  ids = jnp.asarray(rng.integers(5, 50, (2, 6)))
+  context = jnp.asarray(rng.normal(size=(2, 11, 24)).astype(np.float32))
+  kw = dict(vocab_size=50, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16, cross_attention_from=0,
+            dropout_rate=0.0)
+  enc = bert.BertEncoder(num_layers=2, context_prune_after=(1,), context_keep_rate=0.4, **kw)
+  params = enc.init(jax.random.key(0), ids, context=context)["params"]
+  out, (kept, kept_mask) = enc.apply({"params": params}, ids, context=context, return_context=True)
+  assert kept.shape == (2, 1 + 4, 24) and kept_mask is None  # ceil(0.4 * 10) = 4
+  # Reference: the embeddings, then layer 1 with its [CLS] cross-attention, pruned by hand, then layer 2.
+  plain = bert.BertEncoder(num_layers=0, **kw)
+  x = plain.apply({"params": {k: v for k, v in params.items() if not k.startswith("layer_")}}, ids)
+  layer = lambda **f: bert.BertLayer(2, 64, cross_attention=True, dropout_rate=0.0, attention_dropout_rate=0.0, **f)
+  x1, scores = layer(return_context_attention=True).apply({"params": params["layer_00"]}, x, None, context)
+  top = np.sort(np.argsort(-np.asarray(scores), axis=1)[:, :4], axis=1)
+  manual = np.concatenate([np.asarray(context)[:, :1],
+                           np.take_along_axis(np.asarray(context)[:, 1:], top[..., None], axis=1)], axis=1)
+  np.testing.assert_allclose(np.asarray(kept), manual, atol=1e-6)
+  x2 = layer().apply({"params": params["layer_01"]}, x1, None, jnp.asarray(manual))
+  np.testing.assert_allclose(np.asarray(out), np.asarray(x2), atol=1e-5)
+  with pytest.raises(ValueError, match="keep rate"):
+    bert.BertEncoder(num_layers=2, context_prune_after=(1,), context_keep_rate=1.5, **kw).init(
+        jax.random.key(0), ids, context=context)

@@ -59,9 +59,16 @@ def test_equals_dense_attention_under_the_same_mask(order_kind):
 
 
 def test_all_blocks_is_dense_attention():
+  """A pattern naming every block (gather path) is dense attention; so is the shortcut the kernel takes when
+  K_l + K_r >= nblk (the late, pruned layers of an encoder), even when K_l + K_r exceeds the block count."""
   q, k, v = _qkv(n=1 + 24)
-  out = bs.block_sparse_attention(q, k, v, block_size=6, local_blocks=1, random_blocks=3, num_global=1)
-  np.testing.assert_allclose(out, attention.explicit_attention(q, k, v), atol=1e-5, rtol=1e-5)
+  dense = attention.explicit_attention(q, k, v)
+  every = jnp.asarray([[i, (i + 1) % 4, (i + 2) % 4, (i + 3) % 4] for i in range(4)], jnp.int32)
+  gathered = bs.block_sparse_attention(q, k, v, block_size=6, local_blocks=1, random_blocks=3, pattern=every)
+  np.testing.assert_allclose(gathered, dense, atol=1e-5, rtol=1e-5)
+  for kl, kr in ((1, 3), (3, 2)):
+    out = bs.block_sparse_attention(q, k, v, block_size=6, local_blocks=kl, random_blocks=kr, num_global=1)
+    np.testing.assert_allclose(out, dense, atol=1e-5, rtol=1e-5)
 
 
 def test_pattern_local_then_distinct_random_blocks():
@@ -117,8 +124,8 @@ def test_space_filling_orders():
 
 def test_bad_arguments():
   q, k, v = _qkv(n=1 + 20)
-  with pytest.raises(ValueError, match="exceeds the 4 blocks"):
-    bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=3, random_blocks=2)
+  with pytest.raises(ValueError, match="exceeds the 4 blocks"):  # where a model is built (svitt model_kwargs)
+    bs.check_pattern_args(bs.num_blocks(20, 5), 3, 2)
   with pytest.raises(ValueError, match="odd"):
     bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=2, random_blocks=0)
   with pytest.raises(ValueError, match="positive"):

@@ -7,6 +7,7 @@
   tokenize         strings [...] -> `text` int32 [..., L] and `text_mask` int32 [..., L] (clipped or padded).
                    The tokenizer comes from `config.input.tokenizer` (the pipeline injects it as a default) or
                    from the op's `tokenizer=dict(kind=..., vocab_file=...)`.
+  sample_qa        one (question, answer) pair of the QA lists (video QA: SViTT, TW-BERT).
 """
 from __future__ import annotations
 
@@ -64,4 +65,30 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
     return {**data, outkey: tf.ensure_shape(dense, shape), mask_key: tf.ensure_shape(mask, shape)}
 
   op.tokenizer = tok
+  return op
+
+
+@register()
+def sample_qa(random: bool = True, question_key: str = "qa/question", answer_key: str = "qa/answer",
+              index_key: str = "qa/answer/index") -> pp.Op:
+  """One (question, answer) pair of a clip's QA lists: a random pair (train) or the first (eval).
+
+  `question_key` / `answer_key` string [Q] (parsed via `config.input.extra_context`) -> `question`, `answer`
+  strings []; `index_key` int [Q], when present, -> `answer_index` int32 [] (the answer's id in the dataset's
+  closed answer list, which the QA evaluator ranks). A clip without QA pairs fails with an error naming the keys.
+  """
+
+  def op(data):
+    questions = tf.reshape(tf.convert_to_tensor(data[question_key], tf.string), [-1])
+    answers = tf.reshape(tf.convert_to_tensor(data[answer_key], tf.string), [-1])
+    n = tf.shape(questions)[0]
+    check = tf.debugging.assert_positive(n, message=f"sample_qa: a clip without QA pairs ({question_key!r} empty)")
+    with tf.control_dependencies([check]):
+      i = (tf.random.stateless_uniform([], pp.get_seed(data), 0, tf.maximum(n, 1), dtype=tf.int32) if random
+           else tf.constant(0, tf.int32))
+    out = {**data, "question": questions[i], "answer": answers[i]}
+    if index_key in data:
+      out["answer_index"] = tf.cast(tf.reshape(data[index_key], [-1])[i], tf.int32)
+    return out
+
   return op

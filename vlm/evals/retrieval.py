@@ -1,18 +1,31 @@
-"""Zero-shot text-to-video (and video-to-text) retrieval: R@1/5/10, median and mean rank.
+"""Text-to-video (and video-to-text) retrieval: R@1/5/10, their mean, median and mean rank.
 
-The evaluator embeds every test video and its caption with the task's prediction functions, then ranks all videos
-for each caption by cosine similarity. As in VATT appendix B.9, a video's embedding is the average of the embeddings
-of several uniformly sampled clips (views), L2-normalised again after averaging.
+Stage 1 (every dual-encoder family): the evaluator embeds every test video and its caption with the task's
+`embed_video` / `embed_text` and ranks all videos for each caption by cosine similarity. As in VATT appendix B.9,
+a video's embedding is the average of the embeddings of several uniformly sampled clips (views), L2-normalised
+again after averaging.
+
+Stage 2 (`rerank_k` > 0; SViTT / Singularity, TW-BERT): the top k candidates of each query are re-scored by the
+task's cross-modal matcher (`match_scores`: the VTM head on the multimodal encoder) and ranked above all the
+others by that score; the rest keep their similarity order. Both rankings are reported: `vtc_*` (stage 1 alone)
+and the re-ranked metrics without prefix. The release re-ranks the top 128 (`k_test`).
+
+Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` the whole evaluation runs again with the frames
+of every clip in a fixed random order; `<recall>_shuffled` and `<recall>_shuffle_drop` (plain - shuffled) of the
+final ranking's R@k and R_mean report how much the model relies on frame order.
 
 Config (`config.evals.<name>`):
   type: 'retrieval'.
   every_steps: run every N training steps (and at the end of training, and in `--mode=eval`).
-  input: overrides of `config.input` for the test split (split, pp, batch_size, num_clips, ...), passed to
-    `vlm.data.pipeline.make_eval_iterator`; batches carry `video` [B, V, F, H, W, 3], `text` [B, K, L],
-    `text_mask` [B, K, L] and `_mask` [B]. The first caption (k = 0) is the query.
+  input: overrides of `config.input` for the test split (split, pp, batch_size, ...); batches carry `video`
+    [B, F, H, W, 3] or [B, V, F, H, W, 3], `text` [B, K, L] or [B, L] and `text_mask` alike. The first caption
+    (k = 0) is the query.
+  rerank_k [0]: re-rank the top k with the task's `match_scores` (0: similarity only).
+  rerank_batch [256]: pairs per matcher call.
+  shuffle_frames [False]; shuffle_seed [0].
   max_examples: optional cap on the number of test pairs (0 = all).
 
-Ties are broken pessimistically (a distractor with the same similarity ranks above the target), so a model whose
+Ties are broken pessimistically (a distractor with the same score ranks above the target), so a model whose
 embeddings have collapsed scores at chance, never at 100%.
 """
 from __future__ import annotations
@@ -25,6 +38,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from vlm.evals import classification
+from vlm.evals import common
 
 
 def ranks_from_similarity(sim: np.ndarray) -> np.ndarray:
@@ -45,11 +61,35 @@ def ranks_from_similarity(sim: np.ndarray) -> np.ndarray:
 
 
 def retrieval_metrics(sim: np.ndarray, prefix: str = "") -> dict[str, float]:
-  """R@1/5/10 (percent), median rank and mean rank (1-based) for a [N, N] query x gallery similarity."""
+  """R@1/5/10 (percent), their mean, median rank and mean rank (1-based) for a [N, N] query x gallery score."""
   ranks = ranks_from_similarity(sim)
   out = {f"{prefix}R@{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
+  out[f"{prefix}R_mean"] = float(np.mean([out[f"{prefix}R@{k}"] for k in (1, 5, 10)]))
   out[f"{prefix}MedR"] = float(np.median(ranks) + 1)
   out[f"{prefix}MeanR"] = float(np.mean(ranks) + 1)
+  return out
+
+
+def rerank(sim: np.ndarray, k: int, score_pairs) -> np.ndarray:
+  """Scores with each row's top-k columns re-scored by `score_pairs` and placed above the other columns.
+
+  Args:
+    sim: [Q, G] first-stage similarities.
+    k: candidates per query (clipped to G).
+    score_pairs: (query indices [P], gallery indices [P]) -> [P] scores (higher = better match).
+
+  Returns:
+    [Q, G] scores: top-k entries = offset + matcher score, the rest keep `sim` (offset puts every re-ranked
+    candidate above every other one).
+  """
+  sim = np.asarray(sim, np.float64)
+  k = min(int(k), sim.shape[1])
+  top = np.argsort(-sim, axis=1, kind="stable")[:, :k]  # [Q, k]
+  rows = np.repeat(np.arange(sim.shape[0]), k)
+  scores = np.asarray(score_pairs(rows, top.reshape(-1)), np.float64).reshape(sim.shape[0], k)
+  offset = sim.max() - scores.min() + 1.0  # every re-ranked score lands above every first-stage score
+  out = sim.copy()
+  np.put_along_axis(out, top, scores + offset, axis=1)
   return out
 
 
@@ -59,7 +99,7 @@ def l2_normalize(x: np.ndarray | jax.Array, axis: int = -1, eps: float = 1e-8):
 
 
 class Evaluator:
-  """Zero-shot text-to-video retrieval on a test split (see module docstring)."""
+  """Text-video retrieval on a test split (see module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, task: Any,
                mesh: jax.sharding.Mesh):
@@ -67,46 +107,94 @@ class Evaluator:
     self.eval_cfg = eval_cfg
     self.task = task
     self.mesh = mesh
+    self.rerank_k = int(eval_cfg.get("rerank_k", 0) or 0)
+    if self.rerank_k and not all(hasattr(task, m) for m in ("encode_video", "encode_text", "match_scores")):
+      raise ValueError(f"evals rerank_k={self.rerank_k}: the {type(task).__name__} task has no cross-modal "
+                       "matcher (encode_video / encode_text / match_scores); set rerank_k=0.")
     self._embed = jax.jit(self._embed_fn)
+    self._match = jax.jit(self._match_fn)
 
-  def _embed_fn(self, variables, video, text, text_mask):
-    # video: [B, V, F, H, W, 3] -> per-view embeddings averaged over views (B.9).
+  def _embed_fn(self, variables, video, text, text_mask, perm):
+    """video [B, V, F, H, W, 3] (frames reordered by perm [F]) -> per-video and per-caption outputs."""
     b, v = video.shape[:2]
+    video = video[:, :, perm]
     flat = video.reshape((b * v,) + video.shape[2:])
-    vid = self.task.embed_video(variables, flat).reshape(b, v, -1)
-    vid = l2_normalize(l2_normalize(vid).mean(axis=1))
-    txt = l2_normalize(self.task.embed_text(variables, text[:, 0], text_mask[:, 0]))
-    return vid, txt
+    text, text_mask = _first_caption(text), _first_caption(text_mask)
+    out = {}
+    if self.rerank_k:
+      tokens, vid = self.task.encode_video(variables, flat)
+      out["video_tokens"] = tokens.reshape((b, v) + tokens.shape[1:])[:, 0]  # the matcher sees the first view
+      txt = self.task.encode_text(variables, text, text_mask)[1]
+    else:
+      vid = self.task.embed_video(variables, flat)
+      txt = self.task.embed_text(variables, text, text_mask)
+    out["video"] = l2_normalize(l2_normalize(vid.reshape(b, v, -1)).mean(axis=1))  # B.9 view average
+    out["text"] = l2_normalize(txt)
+    out["text_ids"], out["text_ids_mask"] = text, text_mask
+    return out
+
+  def _match_fn(self, variables, text, text_mask, video_tokens):
+    hidden, _ = self.task.encode_text(variables, text, text_mask)
+    return self.task.match_scores(variables, hidden, text_mask, video_tokens)
+
+  def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
+    seed = int(self.eval_cfg.get("shuffle_seed", 0))
+
+    def fn(g):
+      f = g["video"].shape[2]
+      perm = classification.frame_permutations(1, f, seed)[0] if shuffle else np.arange(f)
+      return self._embed(variables, g["video"], g["text"], g["text_mask"], jnp.asarray(perm, jnp.int32))
+
+    return common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video", "text", "text_mask"),
+                          max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
+
+  def _score_pairs(self, variables, out):
+    chunk = int(self.eval_cfg.get("rerank_batch", 256) or 256)
+
+    def score(text_idx, video_idx):
+      scores = []
+      for s in range(0, len(text_idx), chunk):
+        ti, vi = text_idx[s:s + chunk], video_idx[s:s + chunk]
+        pad = chunk - len(ti)  # a fixed chunk shape: one compilation
+        ti, vi = np.pad(ti, (0, pad)), np.pad(vi, (0, pad))
+        r = self._match(variables, out["text_ids"][ti], out["text_ids_mask"][ti], out["video_tokens"][vi])
+        scores.append(np.asarray(r)[:chunk - pad])
+      return np.concatenate(scores)
+    return score
+
+  def _metrics(self, variables, out: dict[str, np.ndarray], suffix: str = "") -> dict[str, float]:
+    sim = out["text"] @ out["video"].T  # [N_text, N_video]
+    metrics = {}
+    if self.rerank_k:
+      score = self._score_pairs(variables, out)
+      t2v = rerank(sim, self.rerank_k, score)
+      v2t = rerank(sim.T, self.rerank_k, lambda q, g: score(g, q))
+      for prefix, s in (("vtc_t2v_", sim), ("vtc_v2t_", sim.T), ("t2v_", t2v), ("v2t_", v2t)):
+        metrics.update(retrieval_metrics(s, prefix=prefix))
+    else:
+      metrics.update(retrieval_metrics(sim, prefix="t2v_"))
+      metrics.update(retrieval_metrics(sim.T, prefix="v2t_"))
+    return {k + suffix: v for k, v in metrics.items()}
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
     """Embeds the whole test split and returns the retrieval metrics."""
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
-    from vlm.parallel import multihost, partitioning  # pylint: disable=g-import-not-at-top
-    sharding = partitioning.batch_sharding(self.mesh)
     start = time.time()
-    it = pipeline.make_eval_iterator(self.config, self.eval_cfg.input,
-                                     process_index=jax.process_index(), process_count=jax.process_count())
-    vids, txts = [], []
-    for batch in it:
-      keep = ("video", "text", "text_mask", "_mask")
-      g = multihost.global_batch({k: batch[k] for k in keep}, sharding)
-      vid, txt = self._embed(variables, g["video"], g["text"], g["text_mask"])
-      # Every process gathers the whole batch: ranking needs the full gallery on each host.
-      vid, txt, mask = (np.asarray(a) for a in multihost_utils.process_allgather((vid, txt, g["_mask"]),
-                                                                                  tiled=True))
-      vids.append(vid[mask > 0])
-      txts.append(txt[mask > 0])
-    vid = np.concatenate(vids)
-    txt = np.concatenate(txts)
-    limit = int(self.eval_cfg.get("max_examples", 0) or 0)
-    if limit:
-      vid, txt = vid[:limit], txt[:limit]
-    sim = txt @ vid.T  # [N_text, N_video]
-    metrics = retrieval_metrics(sim, prefix="t2v_")
-    metrics.update(retrieval_metrics(sim.T, prefix="v2t_"))
-    metrics["num_pairs"] = float(len(vid))
-    metrics["chance_R@1"] = 100.0 / max(len(vid), 1)
-    logging.info("retrieval: %d pairs in %.1fs at step %d: %s", len(vid), time.time() - start, step,
-                 {k: round(v, 2) for k, v in metrics.items()})
+    out = self._collect(variables, shuffle=False)
+    n = len(out["video"])
+    metrics = self._metrics(variables, out)
+    if self.eval_cfg.get("shuffle_frames", False):
+      # The final ranking's recalls only (not the first stage's, not the ranks): what table A8 reports.
+      shuffled = self._metrics(variables, self._collect(variables, shuffle=True), suffix="_shuffled")
+      for key in [k for k in metrics if k.startswith(("t2v_R", "v2t_R"))]:
+        metrics[f"{key}_shuffled"] = shuffled[f"{key}_shuffled"]
+        metrics[f"{key}_shuffle_drop"] = metrics[key] - shuffled[f"{key}_shuffled"]
+    metrics["num_pairs"] = float(n)
+    metrics["chance_R@1"] = 100.0 / max(n, 1)
+    logging.info("retrieval: %d pairs in %.1fs at step %d: %s", n, time.time() - start, step,
+                 {k: round(v, 2) for k, v in metrics.items() if "shuffle" not in k})
     return metrics
+
+
+def _first_caption(x: jax.Array) -> jax.Array:
+  """[B, K, L] -> [B, L] (caption 0, the query); [B, L] unchanged."""
+  return x[:, 0] if x.ndim == 3 else x

@@ -16,7 +16,7 @@ checks the kept positions against HF's attention maps).
 
 Pooling: BEiT's `use_mean_pooling` (LayerNorm of the mean patch token) or the final LayerNorm's [CLS].
 The token `positions` passed through the layers are indices into the (1 + T H W) grid, so the relative bias stays
-right when tokens are reordered or pruned (vlm/nn/token_pruning.py).
+right when tokens are reordered (`token_order='morton' | 'hilbert'`, table A7) or pruned (vlm/nn/token_pruning.py).
 
 `from_hf_beit(flat, ...)` maps HF `BeitModel` weights (safetensors) onto these parameters; the test saves a
 random HF BEiT and matches its hidden states and pooled output on images (T = 1), then inflates the same weights
@@ -34,6 +34,7 @@ import numpy as np
 
 from vlm.models import hf_weights
 from vlm.nn import attention as attention_lib
+from vlm.nn import block_sparse
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
@@ -113,6 +114,7 @@ class VideoBeit(nn.Module):
   layer_norm_epsilon: float = 1e-12
   prune_after: tuple[int, ...] = ()  # 1-based layers after which tokens are pruned (SViTT: 4, 7, 10)
   keep_rate: float = 1.0  # q_v: fraction of the patch tokens kept at each pruning
+  token_order: str = "raster"  # 'morton' | 'hilbert': tokens laid out along a space-filling curve (table A7)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -138,7 +140,14 @@ class VideoBeit(nn.Module):
                          (1, x.shape[1], d), jnp.float32)
       x = x + table.astype(x.dtype)
     x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
-    positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (b, x.shape[1]))
+    order = np.arange(x.shape[1])
+    if self.token_order != "raster":
+      # Space-filling order (SViTT table A7): the blocks of block-sparse attention become compact space-time
+      # cubes. Positions travel with the tokens, so the relative bias (and dense attention) are unchanged, and
+      # pruning keeps this order.
+      order = np.concatenate([[0], 1 + block_sparse.token_order(grid, self.token_order)])
+      x = x[:, order]
+    positions = jnp.broadcast_to(jnp.asarray(order), (b, x.shape[1]))
     for i in range(self.num_layers):
       drop_path = self.drop_path_rate * i / max(1, self.num_layers - 1)  # linear decay as BEiT
       prune = (i + 1) in self.prune_after and self.keep_rate < 1.0

@@ -8,6 +8,14 @@ token type (type 0 for text), then LayerNorm and dropout.
 which makes the upper layers of a BERT the multimodal encoder f_m; with k >= num_layers it is the plain text
 encoder f_t. Singularity / SViTT split one 12-layer BERT into 9 text layers and 3 multimodal layers.
 
+Multimodal node sparsity (SViTT supplement A.1, q_m): with `context_prune_after=(1,)` and `context_keep_rate=q_m`,
+after the cross-attention of those layers (1-based) the context keeps its first token ([CLS]) and the ceil(q_m N)
+video tokens that the text [CLS] attended to most in that cross-attention, averaged over heads; later layers
+cross-attend to the kept tokens only. The paper states this; the release's config never reaches its code (see
+/work/shared/reference/peers.md section 3), so here it is applied as stated.
+
+`causal=True` makes the self-attention causal (SViTT's QA answer decoder, a BERT LM head model over the answer).
+
 `from_hf_bert(flat)` maps HF `BertModel` weights (`embeddings.*`, `encoder.layer.<i>.*`, optional
 `crossattention.*`) onto these parameters: tests match HF's hidden states on random weights, and the real MiniLM-L6
 weights where the package that ships them is installed.
@@ -27,6 +35,7 @@ from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
+from vlm.nn import token_pruning
 from vlm.nn import transformer
 
 
@@ -35,6 +44,8 @@ class BertLayer(nn.Module):
   num_heads: int
   mlp_dim: int
   cross_attention: bool = False
+  causal: bool = False
+  return_context_attention: bool = False  # also return the text [CLS]'s cross-attention over context[1:]
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-12
@@ -42,21 +53,33 @@ class BertLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, *, train: bool = False) -> jax.Array:
+               context_mask: jax.Array | None = None, *, train: bool = False):
+    """x [B, L, D] -> [B, L, D], or (that, [B, M - 1] [CLS] cross-attention) with return_context_attention."""
     d = x.shape[-1]
     drop = lambda y: dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
-    attn = lambda name: attention_lib.MultiHeadAttention(
+    attn = lambda name, **kw: attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
-        dtype=self.dtype, name=name)
+        dtype=self.dtype, name=name, **kw)
     norm = lambda name: transformer.layer_norm(self.layer_norm_epsilon, self.dtype, name)
-    x = norm("ln_attention")(x + drop(attn("attention")(x, mask=mask, train=train)))
+    bias = causal_bias(x.shape[1]) if self.causal else None
+    x = norm("ln_attention")(x + drop(attn("attention")(x, mask=mask, bias=bias, train=train)))
+    scores = None
     if self.cross_attention:
       if context is None:
         raise ValueError("This BERT layer cross-attends: pass the context (e.g. video tokens).")
-      x = norm("ln_cross_attention")(x + drop(attn("cross_attention")(x, context=context, mask=context_mask,
-                                                                        train=train)))
+      y = attn("cross_attention", return_cls_attention=self.return_context_attention)(
+          x, context=context, mask=context_mask, train=train)
+      y, scores = y if self.return_context_attention else (y, None)
+      x = norm("ln_cross_attention")(x + drop(y))
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=0.0, dtype=self.dtype, name="mlp")(x, deterministic=not train)
-    return norm("ln_mlp")(x + drop(y))
+    x = norm("ln_mlp")(x + drop(y))
+    return (x, scores) if self.return_context_attention else x
+
+
+def causal_bias(length: int) -> jax.Array:
+  """[1, 1, L, L] additive bias: 0 where key <= query, a large negative number above the diagonal."""
+  allowed = np.tril(np.ones((length, length), bool))
+  return jnp.asarray(np.where(allowed, 0.0, -1e9), jnp.float32)[None, None]
 
 
 class BertEncoder(nn.Module):
@@ -70,6 +93,9 @@ class BertEncoder(nn.Module):
   type_vocab_size: int = 2
   cross_attention_from: int = 1_000  # no cross-attention by default
   embed: bool = True  # False: the input is already hidden states (the multimodal half of a split BERT)
+  causal: bool = False  # causal self-attention (answer decoder)
+  context_prune_after: tuple[int, ...] = ()  # 1-based layers after whose cross-attention the context is pruned
+  context_keep_rate: float = 1.0  # q_m
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-12
@@ -77,7 +103,14 @@ class BertEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array, mask: jax.Array | None = None, *, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, train: bool = False) -> jax.Array:
+               context_mask: jax.Array | None = None, train: bool = False,
+               return_context: bool = False):
+    """ids [B, L] (or hidden states [B, L, D] when embed=False) -> hidden states [B, L, D].
+
+    With return_context=True also returns (context, context_mask) as the last layer saw them (after pruning).
+    """
+    if self.context_prune_after:
+      token_pruning.keep_count(1, self.context_keep_rate)  # validates q_m before any compute
     if self.embed:
       length = inputs.shape[1]
       if length > self.max_positions:
@@ -95,11 +128,18 @@ class BertEncoder(nn.Module):
       x = inputs
     mask = None if mask is None else mask.astype(bool)
     for i in range(self.num_layers):
-      x = BertLayer(self.num_heads, self.mlp_dim, cross_attention=i >= self.cross_attention_from,
-                    dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                    layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=f"layer_{i:02d}")(
-                        x, mask, context, context_mask, train=train)
-    return x
+      cross = i >= self.cross_attention_from
+      prune = cross and (i + 1) in self.context_prune_after and self.context_keep_rate < 1.0
+      out = BertLayer(self.num_heads, self.mlp_dim, cross_attention=cross, causal=self.causal,
+                      return_context_attention=prune, dropout_rate=self.dropout_rate,
+                      attention_dropout_rate=self.attention_dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon,
+                      dtype=self.dtype, name=f"layer_{i:02d}")(x, mask, context, context_mask, train=train)
+      if prune:  # multimodal node sparsity by the text [CLS]'s cross-attention (q_m)
+        x, scores = out
+        context, _, context_mask = token_pruning.prune(context, scores, self.context_keep_rate, mask=context_mask)
+      else:
+        x = out
+    return (x, (context, context_mask)) if return_context else x
 
 
 def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 0,

@@ -19,6 +19,11 @@ keys up to nblk * G (the release leaves padded keys unmasked); padded queries ar
 
 Edges per local query: num_global + (K_l + K_r) G (equation 1 counts the (K_l + K_r) G block part).
 
+Short sequences: when K_l + K_r >= nblk every query block would meet every key block, so the layer runs dense
+attention (the same result, computed without gathers). This happens in the late layers of a pruned encoder (SViTT
+prunes after layers 4, 7 and 10); a configuration whose *input* has fewer blocks than K_l + K_r is still rejected
+by `check_pattern_args` where the model is built.
+
 Token order (table A7): `token_order(grid, 'morton' | 'hilbert' | 'raster')` gives a permutation of the local
 tokens that makes blocks compact in space-time; `block_sparse_attention(..., order=perm)` applies it before
 blocking and undoes it after, so callers keep raster order.
@@ -164,6 +169,11 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   if n <= 0:
     raise ValueError(f"block-sparse attention over {n_total} tokens with num_global={g_num}: no local tokens.")
   nblk = num_blocks(n, block_size)
+  if pattern is None and local_blocks + random_blocks >= nblk:  # every block is a key block: dense
+    check_pattern_args(max(nblk, local_blocks + random_blocks), local_blocks, random_blocks)
+    from vlm.nn import attention  # pylint: disable=g-import-not-at-top
+    return attention.explicit_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
+                                        dropout_rng=dropout_rng, deterministic=deterministic)
   if pattern is None:
     training = not deterministic and dropout_rng is not None
     rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else jax.random.key(eval_seed)

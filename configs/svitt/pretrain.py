@@ -1,0 +1,164 @@
+r"""SViTT pre-training on video-text pairs: VTC + VTM + MLM (SViTT supplement A.3, tables A1 and A4).
+
+Full run, stage 1 (TPU pod; WebVid-2M written as DMVR records with `python -m vlm.data.write`, BEiT-B/16 and
+BERT-base weights converted beforehand):
+
+  python -m vlm.main --config=configs/svitt/pretrain.py:frames=4 --workdir=gs://BUCKET/svitt_t4 \
+    --config.input.data.files='gs://BUCKET/webvid2m/train-*.tfrecord' --distributed
+
+Temporal expansion (A.1): each stage restarts from the previous stage's checkpoint with more frames; the 3-D
+relative tables are expanded by nearest temporal offset (eq. 7):
+
+  python -m vlm.main --config=configs/svitt/pretrain.py:frames=8 --workdir=gs://BUCKET/svitt_t8 \
+    --config.init_checkpoint=gs://BUCKET/svitt_t4 --config.model.expand_frames_from=4 --distributed
+
+Tiny run on one CPU (built-in dataset; ~6 min on 2 cores), then zero-shot retrieval with VTM re-ranking and the
+shuffled-frame probe on its test split:
+
+  python -m vlm.main --config=configs/svitt/pretrain.py:tiny --workdir=/tmp/svitt_tiny
+
+Arguments (`FILE:ARG`, comma separated):
+  frames  T = 4 | 8 | 16 (table A4 column; default 4). The tiny run takes any T (default 4; 1 = a single-frame
+          baseline).
+  dense   the dense baseline: full attention and no token pruning (SViTT "Dense" rows of tables A3 / A5);
+          default is the hybrid-sparse model of table A1.
+  tiny    CPU-sized model and data (see vlm/tasks/svitt_pretrain.py SIZES['tiny']).
+  steps   total steps (default: 10 epochs of WebVid-2M's 2.5M pairs at the table's batch size; tiny 1200).
+
+Table A4 (pre-training): T 4 / 8 / 16 -> batch 512 / 336 / 192, lr 3e-5 / 1e-5 / 5e-6, keep rates (q_v, q_m)
+(0.7, 0.1) / (0.6, 0.1) / (0.5, 0.1); 10 epochs, 1 warm-up epoch, weight decay 0.02, text length 32, blocks
+(K_l, K_r, G) = (1, 3, 56); AdamW (0.9, 0.999), cosine schedule. Frames: sparse sampling (one random frame from
+each of T equal chunks in training, the middle one in evaluation), random resized crops of 224 (A.3).
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from vlm import config_lib
+
+TABLE_A4 = {4: dict(batch=512, lr=3e-5, keep=(0.7, 0.1)),
+            8: dict(batch=336, lr=1e-5, keep=(0.6, 0.1)),
+            16: dict(batch=192, lr=5e-6, keep=(0.5, 0.1))}
+WEBVID_PAIRS = 2_500_000
+# The built-in dataset's vocabulary: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, then 149 words.
+BUILTIN_TEXT = dict(mask_id=4, special_ids=(0, 1, 2, 3, 4), first_regular_id=5)
+BERT_TEXT = dict(mask_id=103, special_ids=(0, 100, 101, 102, 103), first_regular_id=999)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = config_lib.parse_arg(arg, frames=4, dense=False, tiny=False, steps=0)
+  if not a.tiny and a.frames not in TABLE_A4:
+    raise ValueError(f"frames={a.frames}: table A4 has 4, 8 and 16 (the tiny config takes any).")
+  row = TABLE_A4.get(a.frames, TABLE_A4[4])
+  batch = row["batch"] if not a.tiny else 32
+  steps_per_epoch = WEBVID_PAIRS // batch
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = a.steps or (10 * steps_per_epoch if not a.tiny else 1200)
+  c.log_every_steps = 100 if not a.tiny else 50
+  c.checkpoint_every_steps = 5000 if not a.tiny else 400
+  c.keep_checkpoints = 3
+  c.init_checkpoint = config_dict.placeholder(str)  # the previous stage's workdir (temporal expansion)
+
+  # --- Input: sparse frame sampling (A.3), one caption per clip, [CLS] caption [SEP] of 32 tokens.
+  c.input = ml_collections.ConfigDict()
+  builtin = dict(num_train=2048, num_test=512, num_images=64, num_frames=16, sample_rate=16_000)
+  c.input.data = (dict(name="builtin", split="train", options=builtin) if a.tiny
+                  else dict(name="records", split="train", files="WEBVID2M/train-*.tfrecord"))
+  c.input.batch_size = batch
+  c.input.shuffle_buffer = 4096 if not a.tiny else 512
+  c.input.num_frames = a.frames
+  c.input.crop_size = 224 if not a.tiny else 32
+  c.input.max_text_len = 32 if not a.tiny else 16
+  # WordPiece with BERT's vocab for real data; the built-in dataset's own vocab.txt (whole words) for tiny.
+  c.input.tokenizer = (dict(kind="words", vocab_file=None) if a.tiny
+                       else dict(kind="wordpiece", vocab_file="BERT_BASE_UNCASED/vocab.txt"))
+  c.input.host_split = "examples" if a.tiny else "files"
+  crop = c.input.crop_size
+  # tiny: whole 64x64 frames resized to 32 (crops would cut the moving object out; see configs/tubevit)
+  augment = (f"decode()|resize({crop})" if a.tiny
+             else f"random_resized_crop({crop}, area=(0.5, 1.0))|flip()")
+  text = f"sample_captions(1)|tokenize({c.input.max_text_len}, bos=True, eos=True)"
+  c.input.pp = (f"sample_segments({a.frames})|{augment}|normalize(-1, 1)|{text}"
+                "|keep('video', 'text', 'text_mask')")
+
+  # --- Model (A.1). Every field is documented in vlm/tasks/svitt_pretrain.py.
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "svitt"
+  c.model.size = "tiny" if a.tiny else "base"
+  c.model.vocab_size = config_dict.placeholder(int)  # None: the size's (BERT 30522; tiny 160)
+  c.model.vision_layers = config_dict.placeholder(int)  # None: the size's (12 / tiny 4)
+  c.model.text_layers = config_dict.placeholder(int)  # None: 9 / tiny 2
+  c.model.fusion_layers = config_dict.placeholder(int)  # None: 3 / tiny 2
+  c.model.attention = "dense" if a.dense else "block_sparse"
+  # tiny: 16 tokens per frame, blocks of 8 (half a frame) keep the table's 1 local + 3 random blocks meaningful
+  c.model.block_size = 56 if not a.tiny else 8
+  c.model.local_blocks = 1
+  c.model.random_blocks = 3
+  c.model.block_eval_seed = 0
+  c.model.token_order = "raster"
+  q_v, q_m = (1.0, 1.0) if a.dense else row["keep"]
+  if a.tiny and not a.dense:
+    q_v, q_m = 0.7, 0.5  # 64 tokens at T=4: 0.7 per pruning; q_m 0.1 would leave 2 tokens for the fusion
+  c.model.visual_keep_rate = q_v
+  c.model.visual_prune_after = (4, 7, 10) if not a.tiny else (2, 3)
+  c.model.multimodal_keep_rate = q_m
+  c.model.multimodal_prune_after = (1,)
+  c.model.absolute_positions = False
+  c.model.drop_path_rate = 0.1 if not a.tiny else 0.0
+  c.model.dropout_rate = 0.1 if not a.tiny else 0.0
+  c.model.attention_dropout_rate = 0.1 if not a.tiny else 0.0
+  c.model.embed_dim = 256
+  c.model.decoder_layers = 0
+  c.model.expand_frames_from = config_dict.placeholder(int)
+  c.model.dtype = "float32"
+  if a.tiny and a.frames * (crop // 8) ** 2 < 4 * c.model.block_size:
+    c.model.attention = "dense"  # fewer than K_l + K_r blocks (e.g. the 1-frame baseline): nothing to sparsify
+
+  # --- Objective (A.3): equal weights.
+  c.task = ml_collections.ConfigDict()
+  c.task.name = "svitt_pretrain"
+  c.task.vtc_weight = 1.0
+  c.task.vtm_weight = 1.0
+  c.task.mlm_weight = 1.0
+  c.task.temperature = 0.07
+  c.task.learn_temperature = True
+  c.task.hard_negatives = True
+  c.task.mlm_probability = 0.5 if not a.tiny else 0.3
+  for k, v in (BUILTIN_TEXT if a.tiny else BERT_TEXT).items():
+    c.task[k] = v
+
+  # --- Optimisation (table A4): AdamW, 1 warm-up epoch, cosine, weight decay 0.02.
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"
+  c.optim.lr = row["lr"] if not a.tiny else 5e-4
+  c.optim.b1, c.optim.b2 = 0.9, 0.999
+  c.optim.weight_decay = 0.02
+  c.optim.grad_clip_norm = config_dict.placeholder(float)
+  c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=steps_per_epoch if not a.tiny else 100, end_lr=0.0)
+
+  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+  c.sharding = "dp"
+  c.sharding_rules = None
+
+  # --- Zero-shot retrieval: VTC ranking, VTM re-ranking of the top k (A.3, k_test 128), shuffled-frame probe.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.retrieval = dict(
+      type="retrieval",
+      every_steps=None if a.tiny else 20_000,
+      rerank_k=128 if not a.tiny else 16,
+      rerank_batch=256,
+      shuffle_frames=True,
+      max_examples=0,
+      input=dict(
+          data=dict(split="test") if a.tiny else dict(name="records", split="test",
+                                                      files="MSRVTT_1KA/test-*.tfrecord"),
+          batch_size=64,
+          pp=(f"sample_segments({a.frames}, random=False)"
+              + (f"|decode()|resize({crop})" if a.tiny else f"|center_crop({crop}, resize_smallest={crop})")
+              + f"|normalize(-1, 1)|sample_captions(1, random=False)"
+              f"|tokenize({c.input.max_text_len}, bos=True, eos=True)|keep('video', 'text', 'text_mask')"),
+      ),
+  )
+  return c

@@ -1,0 +1,150 @@
+"""SViTT: sparse video-text transformer (Singularity layout with edge and node sparsity; supplement A.1, A.3).
+
+Four encoders and three heads, each a library module:
+
+  f_v  video encoder       `VideoBeit` (vlm/models/beit.py): [CLS] + T x 196 tokens, 3-D relative position bias,
+                           block-sparse attention (vlm/nn/block_sparse.py) and visual token pruning (q_v).
+  f_t  text encoder        `BertEncoder` lower layers (9 of BERT-base's 12).
+  f_m  multimodal encoder  `BertEncoder` upper layers (3) with cross-attention to the video tokens, and
+                           multimodal token pruning by the text [CLS]'s cross-attention (q_m).
+  (QA) answer decoder      a causal `BertEncoder` with cross-attention to f_m's output and its own LM head
+                           (Singularity's BertLMHeadModel; off unless `decoder_layers` > 0).
+
+  heads: `vision_proj` / `text_proj` (D -> 256, VTC on the [CLS] / pooled features, equations 12-13),
+         `vtm_head` (D -> 2 on f_m's [CLS], VTM, equation 14), `mlm_head` (BERT's transform + the word
+         embeddings transposed, MLM, equation 15).
+
+Video features for the fusion are f_v's tokens after a LayerNorm (`vision_norm`); the VTC video feature is f_v's
+pooled output (BEiT mean pooling), as in the release. Each method below is one stage, so the task can run f_m on
+any pairing of texts and videos (VTM hard negatives, retrieval re-ranking) without re-encoding either side.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vlm.models import beit
+from vlm.models import bert
+from vlm.nn import logical as ax
+from vlm.nn import transformer
+
+
+class MlmHead(nn.Module):
+  """BERT's prediction head: Dense(D) + GELU + LayerNorm, then logits against a (tied) embedding table."""
+  layer_norm_epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    """x [B, L, D], embedding [V, D] -> logits [B, L, V] (float32)."""
+    d = x.shape[-1]
+    x = nn.Dense(d, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (ax.EMBED, ax.MLP)), name="transform")(x)
+    x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "transform_norm")(nn.gelu(x, approximate=False))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (ax.VOCAB,)),
+                      (embedding.shape[0],), jnp.float32)
+    logits = jnp.einsum("bld,vd->blv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+    return logits + bias
+
+
+class Model(nn.Module):
+  """SViTT (see the module docstring).
+
+  Attributes:
+    vision: keyword arguments of `VideoBeit` (layers, width, heads, frames, image_size, attention,
+      attention_kwargs, prune_after, keep_rate, ...).
+    vocab_size: text vocabulary (BERT: 30522).
+    text_layers: f_t layers (9); fusion_layers: f_m layers (3); decoder_layers: QA answer decoder (0 = none).
+    hidden_size, mlp_dim, num_heads, max_positions: BERT sizes (base: 768, 3072, 12, 512).
+    fusion_prune_after: 1-based f_m layers after which the video tokens are pruned (the release's (1,)).
+    fusion_keep_rate: q_m (table A4: 0.1 in pre-training and retrieval, 0.5 for QA).
+    embed_dim: VTC space (256).
+    dropout_rate, attention_dropout_rate: BERT dropout (0.1).
+  """
+  vision: Mapping[str, Any]
+  vocab_size: int = 30522
+  text_layers: int = 9
+  fusion_layers: int = 3
+  decoder_layers: int = 0
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  max_positions: int = 512
+  fusion_prune_after: tuple[int, ...] = (1,)
+  fusion_keep_rate: float = 1.0
+  embed_dim: int = 256
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.video_encoder = beit.VideoBeit(**dict(self.vision), dtype=self.dtype)
+    self.vision_norm = transformer.layer_norm(1e-12, self.dtype, None)
+    text = dict(vocab_size=self.vocab_size, hidden_size=self.hidden_size, mlp_dim=self.mlp_dim,
+                num_heads=self.num_heads, max_positions=self.max_positions, dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate, dtype=self.dtype)
+    self.text_encoder = bert.BertEncoder(num_layers=self.text_layers, **text)
+    self.fusion_encoder = bert.BertEncoder(num_layers=self.fusion_layers, cross_attention_from=0, embed=False,
+                                           context_prune_after=tuple(self.fusion_prune_after),
+                                           context_keep_rate=self.fusion_keep_rate, **text)
+    proj = lambda name: nn.Dense(self.embed_dim, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (ax.EMBED, ax.PROJ)), name=name)
+    self.vision_proj = proj("vision_proj")
+    self.text_proj = proj("text_proj")
+    self.vtm_head = nn.Dense(2, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (ax.EMBED, None)))
+    self.mlm_head = MlmHead(dtype=self.dtype)
+    if self.decoder_layers:
+      self.answer_decoder = bert.BertEncoder(num_layers=self.decoder_layers, cross_attention_from=0, causal=True,
+                                             **text)
+      self.answer_head = MlmHead(dtype=self.dtype)
+
+  # ----------------------------------------------------------------------------------------------- stages
+  def encode_video(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
+    """video [B, T, H, W, 3] -> (fusion tokens [B, 1 + N', Dv] after pruning, VTC feature [B, embed_dim])."""
+    tokens, aux = self.video_encoder(video, train=train)
+    return self.vision_norm(tokens), self.vision_proj(aux["pooled"])
+
+  def encode_text(self, text: jax.Array, text_mask: jax.Array, *, train: bool = False
+                  ) -> tuple[jax.Array, jax.Array]:
+    """ids [B, L] ([CLS] first) and mask -> (f_t hidden states [B, L, D], VTC feature [B, embed_dim])."""
+    hidden = self.text_encoder(text, text_mask, train=train)
+    return hidden, self.text_proj(hidden[:, 0])
+
+  def fuse(self, text_hidden: jax.Array, text_mask: jax.Array, video_tokens: jax.Array, *,
+           train: bool = False) -> jax.Array:
+    """f_m: text hidden states cross-attending to video tokens (pruned to q_m) -> [B, L, D]."""
+    return self.fusion_encoder(text_hidden, text_mask, context=video_tokens, train=train)
+
+  def vtm_logits(self, fused: jax.Array) -> jax.Array:
+    """[B, L, D] f_m output -> [B, 2] (not matched, matched) logits from the [CLS]."""
+    return self.vtm_head(fused[:, 0]).astype(jnp.float32)
+
+  def mlm_logits(self, fused: jax.Array) -> jax.Array:
+    """[B, L, D] -> [B, L, V] word logits (head tied to the text encoder's word embeddings)."""
+    table = nn.meta.unbox(self.text_encoder.variables["params"]["word_embeddings"])
+    return self.mlm_head(fused, table)
+
+  def answer_logits(self, answer: jax.Array, answer_mask: jax.Array, fused: jax.Array, fused_mask: jax.Array, *,
+                    train: bool = False) -> jax.Array:
+    """Teacher-forced answer decoder: answer ids [B, La] ([CLS] a_1 .. [SEP]) -> next-token logits [B, La, V]."""
+    if not self.decoder_layers:
+      raise ValueError("This SViTT model has no answer decoder: set model.decoder_layers (QA: 3).")
+    hidden = self.answer_decoder(answer, answer_mask, context=fused, context_mask=fused_mask, train=train)
+    table = nn.meta.unbox(self.answer_decoder.variables["params"]["word_embeddings"])
+    return self.answer_head(hidden, table)
+
+  def __call__(self, video: jax.Array, text: jax.Array, text_mask: jax.Array, answer: jax.Array | None = None,
+               answer_mask: jax.Array | None = None, *, train: bool = False) -> dict[str, jax.Array]:
+    """Every stage once on matched pairs (creates all parameters; used by `init`)."""
+    tokens, video_feat = self.encode_video(video, train=train)
+    hidden, text_feat = self.encode_text(text, text_mask, train=train)
+    fused = self.fuse(hidden, text_mask, tokens, train=train)
+    out = {"video_feat": video_feat, "text_feat": text_feat, "vtm_logits": self.vtm_logits(fused),
+           "mlm_logits": self.mlm_logits(fused)}
+    if self.decoder_layers and answer is not None:
+      out["answer_logits"] = self.answer_logits(answer, answer_mask, fused, text_mask, train=train)
+    return out

@@ -1,0 +1,322 @@
+"""SViTT pre-training: VTC + VTM (hard negatives) + MLM, equal weights (SViTT supplement A.3, equations 12-15).
+
+  VTC  InfoNCE between the L2-normalised video and text features in both directions (eqs. 12-13), negatives from
+       the whole (global) batch, learned temperature (init 0.07, clamped to [0.001, 0.5] as released).
+  VTM  the multimodal encoder on the B matched pairs, each text with a negative video and each video with a
+       negative text (drawn by softmax of the VTC similarity: hard negatives as released; uniform with
+       `hard_negatives=False`, eq. 14 as written); 2-way cross-entropy on f_m's [CLS] (vlm/losses/matching.py).
+  MLM  BERT 80/10/10 corruption of the caption (vlm/losses/mlm.py), f_t then f_m with the matched video, the
+       original words predicted at the corrupted positions (eq. 15).
+  loss = w_vtc VTC + w_vtm VTM + w_mlm MLM (all weights 1).
+
+Config fields read (defaults in brackets):
+
+config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
+  name ['svitt'].
+  size ['base']: 'base' (BEiT-B/16 video encoder; BERT-base split 9 text + 3 multimodal layers) or 'tiny'
+    (CPU: 4 video layers of width 64, patch 8; 2 + 2 BERT layers of width 64).
+  vision_layers / text_layers / fusion_layers [None: the size's]: depth overrides (e.g. a shallower test model).
+  vocab_size [30522 base / 160 tiny]: BERT's WordPiece vocabulary; the tiny run uses the built-in dataset's
+    154 words.
+  attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
+  block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0].
+  token_order ['raster']: 'morton' | 'hilbert' (table A7).
+  visual_keep_rate [1.0]: q_v; visual_prune_after [(4, 7, 10)]: 1-based BEiT layers (the release's [3, 6, 9]).
+  multimodal_keep_rate [1.0]: q_m; multimodal_prune_after [(1,)]: 1-based multimodal layers.
+  absolute_positions [False]: BEiT-B/16 (pt22k-ft22k) uses relative biases only.
+  drop_path_rate [0.1]; dropout_rate [0.1]; attention_dropout_rate [0.1] (BERT).
+  embed_dim [256]; decoder_layers [0] (the QA task sets 3).
+  expand_frames_from [None]: frames of `init_checkpoint` when it differs from input.num_frames (temporal
+    expansion: relative tables by nearest temporal offset, eq. 7; absolute tables by nearest frame). Without it
+    a checkpoint with another frame count is an error.
+  dtype ['float32'].
+config.task:
+  name ['svitt_pretrain']; vtc_weight / vtm_weight / mlm_weight [1.0]; temperature [0.07];
+  learn_temperature [True]; hard_negatives [True]; mlm_probability [0.5 as released; BERT uses 0.15];
+  mask_id [103] / special_ids [(0, 100, 101, 102, 103)] / first_regular_id [999]: BERT-base-uncased's [MASK],
+  specials and first ordinary WordPiece (tiny: 4, (0, 1, 2, 3, 4), 5 for the built-in vocabulary).
+config.input: num_frames [4] (T, sparse-sampled), crop_size [224], max_text_len [32] ([CLS] ... [SEP]).
+
+Batches: video [B, T, H, W, 3] in [-1, 1]; text / text_mask [B, L] or [B, 1, L].
+Metrics: loss, vtc, vtm, mlm, vtc_top1 (in-batch text -> video), vtm_accuracy, mlm_accuracy, temperature.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm.losses import contrastive
+from vlm.losses import matching
+from vlm.losses import mlm as mlm_lib
+from vlm.models import svitt
+from vlm.nn import block_sparse
+from vlm.nn import token_pruning
+from vlm.nn import video_positions
+
+SIZES = {
+    "base": dict(vision=dict(num_layers=12, hidden_size=768, mlp_dim=3072, num_heads=12, patch_size=16),
+                 text=dict(text_layers=9, fusion_layers=3, hidden_size=768, mlp_dim=3072, num_heads=12,
+                           vocab_size=30522)),
+    "tiny": dict(vision=dict(num_layers=4, hidden_size=64, mlp_dim=128, num_heads=2, patch_size=8),
+                 text=dict(text_layers=2, fusion_layers=2, hidden_size=64, mlp_dim=128, num_heads=2,
+                           vocab_size=160)),
+}
+
+
+def _ints(x) -> tuple[int, ...]:
+  return tuple(int(v) for v in (x or ()))
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """svitt.Model keyword arguments from config.model / config.input (see the module docstring)."""
+  m, inp = config.model, config.input
+  size = str(m.get("size", "base"))
+  if size not in SIZES:
+    raise ValueError(f"model.size={size!r}; expected one of {sorted(SIZES)}.")
+  vision = dict(SIZES[size]["vision"])
+  text = dict(SIZES[size]["text"])
+  if m.get("vision_layers", None) is not None:
+    vision["num_layers"] = int(m.vision_layers)
+  for name in ("text_layers", "fusion_layers"):
+    if m.get(name, None) is not None:
+      text[name] = int(m[name])
+  frames, crop = int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224))
+  if crop % vision["patch_size"]:
+    raise ValueError(f"input.crop_size={crop} is not a multiple of the {vision['patch_size']}-pixel patches.")
+  attention = str(m.get("attention", "dense"))
+  kwargs = None
+  if attention == "block_sparse":
+    n = frames * (crop // vision["patch_size"]) ** 2
+    g, kl, kr = int(m.get("block_size", 56)), int(m.get("local_blocks", 1)), int(m.get("random_blocks", 3))
+    block_sparse.check_pattern_args(block_sparse.num_blocks(n, g), kl, kr)  # errors before any compute
+    kwargs = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1,
+                  eval_seed=int(m.get("block_eval_seed", 0)))
+  elif attention != "dense":
+    raise ValueError(f"model.attention={attention!r}; expected 'dense' or 'block_sparse'.")
+  vision.update(frames=frames, image_size=crop, attention=attention, attention_kwargs=kwargs,
+                absolute_positions=bool(m.get("absolute_positions", False)), mean_pooling=True,
+                layer_scale_init=0.1, drop_path_rate=float(m.get("drop_path_rate", 0.1)),
+                prune_after=_ints(m.get("visual_prune_after", (4, 7, 10))),
+                keep_rate=float(m.get("visual_keep_rate", 1.0)), token_order=str(m.get("token_order", "raster")))
+  for name in ("visual_keep_rate", "multimodal_keep_rate"):
+    token_pruning.keep_count(1, float(m.get(name, 1.0)))  # q in (0, 1], checked before anything is built
+  if m.get("vocab_size", None):
+    text["vocab_size"] = int(m.vocab_size)
+  return dict(vision=vision, **text, decoder_layers=int(m.get("decoder_layers", 0)),
+              max_positions=512, fusion_prune_after=_ints(m.get("multimodal_prune_after", (1,))),
+              fusion_keep_rate=float(m.get("multimodal_keep_rate", 1.0)), embed_dim=int(m.get("embed_dim", 256)),
+              dropout_rate=float(m.get("dropout_rate", 0.1)),
+              attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
+              dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+def flat_text(text: jax.Array, name: str = "text") -> jax.Array:
+  """[B, L] or [B, 1, L] -> [B, L] (the data layer's tokenize gives one caption as [1, L])."""
+  if text.ndim == 3:
+    if text.shape[1] != 1:
+      raise ValueError(f"{name} has {text.shape[1]} captions per clip; SViTT takes one ([B, L] or [B, 1, L]).")
+    return text[:, 0]
+  return text
+
+
+class Task:
+  """SViTT VTC + VTM + MLM pre-training (task protocol of vlm/README.md)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.kwargs = model_kwargs(config)
+    self.model = svitt.Model(**self.kwargs)
+    t = config.get("task") or ml_collections.ConfigDict()
+    self.weights = {"vtc": float(t.get("vtc_weight", 1.0)), "vtm": float(t.get("vtm_weight", 1.0)),
+                    "mlm": float(t.get("mlm_weight", 1.0))}
+    self.init_temperature = float(t.get("temperature", 0.07))
+    self.learn_temperature = bool(t.get("learn_temperature", True))
+    self.hard_negatives = bool(t.get("hard_negatives", True))
+    self.mlm = dict(probability=float(t.get("mlm_probability", 0.5)), mask_id=int(t.get("mask_id", 103)),
+                    special_ids=_ints(t.get("special_ids", (0, 100, 101, 102, 103))),
+                    first_regular_id=int(t.get("first_regular_id", 999)))
+    if not 0.0 < self.mlm["probability"] < 1.0:
+      raise ValueError(f"task.mlm_probability={self.mlm['probability']}; expected a fraction in (0, 1).")
+    inp = config.input
+    self.frames, self.crop = int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224))
+    self.text_len = int(inp.get("max_text_len", 32))
+    if self.text_len > 512:
+      raise ValueError(f"input.max_text_len={self.text_len} exceeds BERT's 512 positions.")
+
+  # ------------------------------------------------------------------------------------------- protocol
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    text = np.zeros((batch_size, self.text_len), np.int32)
+    text[:, 0] = 2
+    return {"video": np.zeros((batch_size, self.frames, self.crop, self.crop, 3), np.float32),
+            "text": text, "text_mask": (text > 0).astype(np.int32)}
+
+  def init_variables(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    variables = dict(self.model.init({"params": rng}, batch["video"], flat_text(batch["text"]),
+                                     flat_text(batch["text_mask"]), train=False))
+    params = dict(variables["params"])
+    # log of the VTC temperature beside the model (a scalar: replicated by the sharding rules)
+    params["log_temperature"] = jnp.asarray(math.log(self.init_temperature), jnp.float32)
+    return {"params": params}
+
+  def temperature(self, params: Any) -> jax.Array:
+    t = jnp.exp(params["log_temperature"])
+    if not self.learn_temperature:
+      t = jax.lax.stop_gradient(t)
+    return jnp.clip(t, 0.001, 0.5)
+
+  def loss_fn(self, params: Any, model_state: dict[str, Any], batch: dict[str, Any], rng: jax.Array, *,
+              train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    """VTC + VTM + MLM on a batch -> (loss, (metrics, model_state))."""
+    video = jnp.asarray(batch["video"])
+    text, mask = jnp.asarray(flat_text(batch["text"])), jnp.asarray(flat_text(batch["text_mask"], "text_mask"))
+    temp = self.temperature(params)
+    k_drop, k_neg, k_mlm = jax.random.split(rng, 3)
+    model_params = {k: v for k, v in params.items() if k != "log_temperature"}
+
+    def forward(model: svitt.Model):
+      tokens, video_feat = model.encode_video(video, train=train)
+      hidden, text_feat = model.encode_text(text, mask, train=train)
+      v = contrastive.l2_normalize(video_feat.astype(jnp.float32))
+      t = contrastive.l2_normalize(text_feat.astype(jnp.float32))
+      vtc, vtc_x = contrastive.nce_loss(anchors=t, positives=v, temperature=temp, directions="separate",
+                                        normalize=False)
+      # VTM: B matched pairs, B (text, negative video), B (negative text, video).
+      b = video.shape[0]
+      neg_video, neg_text = matching.sample_negatives(k_neg, (t @ v.T) / temp, hard=self.hard_negatives)
+      fused = model.fuse(jnp.concatenate([hidden, hidden, hidden[neg_text]]),
+                         jnp.concatenate([mask, mask, mask[neg_text]]),
+                         jnp.concatenate([tokens, tokens[neg_video], tokens]), train=train)
+      labels = jnp.concatenate([jnp.ones((b,), jnp.int32), jnp.zeros((2 * b,), jnp.int32)])
+      vtm, vtm_x = matching.vtm_loss(model.vtm_logits(fused), labels)
+      # MLM on the matched pairs.
+      corrupted, selected = mlm_lib.mask_tokens(k_mlm, text, mask, vocab_size=model.vocab_size, **self.mlm)
+      masked_hidden, _ = model.encode_text(corrupted, mask, train=train)
+      logits = model.mlm_logits(model.fuse(masked_hidden, mask, tokens, train=train))
+      mlm, mlm_x = mlm_lib.mlm_loss(logits, text, selected)
+      return {"vtc": vtc, "vtm": vtm, "mlm": mlm, "vtc_top1": vtc_x["top1"], "vtm_accuracy": vtm_x["accuracy"],
+              "vtm_matched_prob": vtm_x["matched_prob"], "mlm_accuracy": mlm_x["accuracy"]}
+
+    out = self.model.apply({"params": model_params}, method=forward, rngs={"dropout": k_drop})
+    loss = sum(w * out[name] for name, w in self.weights.items() if w > 0)
+    metrics = {"loss": loss, **out, "temperature": temp}
+    return loss, (metrics, model_state)
+
+  # ---------------------------------------------------------------------------------- prediction functions
+  def _model_vars(self, variables):
+    return {"params": {k: v for k, v in variables["params"].items() if k != "log_temperature"}}
+
+  def encode_video(self, variables, video: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[B, T, H, W, 3] -> (fusion tokens [B, M, Dv], L2-normalised VTC features [B, E]) in eval mode."""
+    tokens, feat = self.model.apply(self._model_vars(variables), video, method=svitt.Model.encode_video)
+    return tokens, contrastive.l2_normalize(feat.astype(jnp.float32))
+
+  def encode_text(self, variables, text: jax.Array, text_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """[B, L] ids and mask -> (f_t hidden states [B, L, D], L2-normalised VTC features [B, E])."""
+    hidden, feat = self.model.apply(self._model_vars(variables), text, text_mask, method=svitt.Model.encode_text)
+    return hidden, contrastive.l2_normalize(feat.astype(jnp.float32))
+
+  def match_scores(self, variables, text_hidden, text_mask, video_tokens) -> jax.Array:
+    """VTM score of each (text, video) row pair: log p(matched) - log p(not matched), [B]."""
+    def fn(model):
+      logits = model.vtm_logits(model.fuse(text_hidden, text_mask, video_tokens))
+      return logits[:, 1] - logits[:, 0]
+    return self.model.apply(self._model_vars(variables), method=fn)
+
+  def embed_video(self, variables, video: jax.Array) -> jax.Array:
+    """[B, T, H, W, 3] -> [B, E] L2-normalised VTC features (the dual-encoder retrieval protocol)."""
+    return self.encode_video(variables, video)[1]
+
+  def embed_text(self, variables, text: jax.Array, text_mask: jax.Array) -> jax.Array:
+    return self.encode_text(variables, text, text_mask)[1]
+
+  # -------------------------------------------------------------------------------------------------- tools
+  def token_counts(self) -> dict[str, int]:
+    """Video tokens entering the encoder and after each pruning; text tokens."""
+    v = self.kwargs["vision"]
+    n = self.frames * (self.crop // v["patch_size"]) ** 2
+    out = {"video": n}
+    if v["keep_rate"] < 1.0:
+      for layer in v["prune_after"]:
+        n = math.ceil(v["keep_rate"] * n - 1e-9)
+        out[f"video_after_layer_{layer}"] = n
+    out["text"] = self.text_len
+    return out
+
+  def attention_edges(self) -> dict[str, float]:
+    """Attention-graph size and edge sparsity of this configuration (equations 1-3; `svitt_edges`)."""
+    v, k = self.kwargs["vision"], self.kwargs
+    sparse = v["attention"] == "block_sparse"
+    patches = (self.crop // v["patch_size"]) ** 2
+    n = self.frames * patches
+    bs = v["attention_kwargs"] or {}
+    # Dense attention is one block of all tokens: every query meets N keys.
+    g, kl, kr = ((bs["block_size"], bs["local_blocks"], bs["random_blocks"]) if sparse else (n, 1, 0))
+    return block_sparse.svitt_edges(
+        self.frames, patches_per_frame=patches, visual_layers=v["num_layers"], multimodal_layers=k["fusion_layers"],
+        text_len=self.text_len, local_blocks=kl, random_blocks=kr, block_size=g, visual_keep=v["keep_rate"],
+        visual_prune_after=v["prune_after"], multimodal_keep=k["fusion_keep_rate"],
+        multimodal_prune_after=k["fusion_prune_after"])
+
+  # ------------------------------------------------------------------------------------------ checkpoints
+  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
+    """Init-checkpoint hook: temporal expansion (T1 -> T2 frames) and the QA decoder from f_m.
+
+    * `relative_position_bias_table` / `pos_embedding` of another frame count: expanded when
+      `model.expand_frames_from` names the checkpoint's frames (eqs. 7, 10-11); otherwise an error.
+    * `answer_decoder` / `answer_head` absent from the checkpoint (pre-training -> QA): the decoder's layers start
+      from the multimodal encoder's, its embeddings from the text encoder's, its head from the MLM head
+      (the release initialises the decoder from BERT's upper layers).
+    Any other missing or mismatched parameter is an error naming it.
+    """
+    flat_init = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
+    flat_loaded = flax.traverse_util.flatten_dict(flax.core.meta.unbox(loaded), sep="/")
+    expand_from = self.config.model.get("expand_frames_from", None)
+    side = self.crop // self.kwargs["vision"]["patch_size"]
+    out, problems = {}, []
+    for path, target in flat_init.items():
+      src_path = path
+      if path not in flat_loaded and path.startswith(("answer_decoder/", "answer_head/")):
+        src_path = _decoder_source(path, flat_loaded)
+      src = flat_loaded.get(src_path)
+      if src is None:
+        problems.append(f"{path}: not in the checkpoint")
+        continue
+      src = np.asarray(src)
+      if src.shape == tuple(target.shape):
+        out[path] = jnp.asarray(src, target.dtype)
+        continue
+      if path.endswith(("relative_position_bias_table", "pos_embedding")):
+        if expand_from is None:
+          problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}: the checkpoint has "
+                          "another number of frames; set model.expand_frames_from to its frame count to expand it")
+          continue
+        if path.endswith("relative_position_bias_table"):
+          new = video_positions.expand_relative(src, (int(expand_from), side, side), self.frames)
+        else:
+          new = video_positions.expand_absolute(src[0], int(expand_from), self.frames)[None]
+        if new.shape != tuple(target.shape):
+          problems.append(f"{path}: expanded {new.shape} vs model {tuple(target.shape)}")
+          continue
+        out[path] = jnp.asarray(new, target.dtype)
+        continue
+      problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}")
+    if problems:
+      raise ValueError("Checkpoint does not fit the SViTT model:\n  " + "\n  ".join(problems))
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def _decoder_source(path: str, flat_loaded: dict[str, Any]) -> str:
+  """Where a QA decoder parameter starts from in a pre-training checkpoint (see adapt_init_params)."""
+  if path.startswith("answer_head/"):
+    return "mlm_head/" + path[len("answer_head/"):]
+  rest = path[len("answer_decoder/"):]
+  if rest.startswith("layer_"):
+    candidate = "fusion_encoder/" + rest
+    return candidate if candidate in flat_loaded else "text_encoder/" + rest
+  return "text_encoder/" + rest  # embeddings
