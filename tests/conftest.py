@@ -10,6 +10,15 @@ _FLAG = "--xla_force_host_platform_device_count=8"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+# One persistent XLA compilation cache for the whole session (the pytest-xdist workers and the multi-process
+# launcher's children inherit the variable): the tiny configs compile the same programs in several tests
+# (trainer runs, resumes, evaluators), and a cache hit skips XLA's compile. A fresh directory per session, so
+# nothing stale from another jax version is ever read.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile  # pylint: disable=g-import-not-at-top
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlm_test_xla_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
 # `tests.toy_task` (and other test helpers) are imported by dotted name, as configs name them.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:

@@ -5,6 +5,8 @@ r"""Inspect a config without training: parameters per tower, tokens per modality
 Prints
   * parameter counts per top-level module (tower) and in total (from `jax.eval_shape`: nothing is allocated);
   * tokens per modality, when the task exposes `token_counts()`;
+  * the attention-graph edge count and edge sparsity (SViTT equations 1-3, table A1), when the task exposes
+    `attention_edges()`;
   * FLOPs per example from XLA's cost analysis of the compiled forward pass (`loss_fn`, eval mode) and of the
     whole train step (forward + backward + optimizer), both lowered with abstract inputs (nothing runs);
   * how every parameter is sharded on the config's mesh (`config.mesh`, `config.sharding`).
@@ -77,6 +79,8 @@ def inspect(config, *, with_flops: bool = True) -> dict[str, Any]:
   }
   if hasattr(task, "token_counts"):
     out["tokens_per_modality"] = {k: int(v) for k, v in task.token_counts().items()}
+  if hasattr(task, "attention_edges"):  # SViTT equations 1-3: attention-graph size and edge sparsity
+    out["attention_edges"] = {k: float(v) for k, v in task.attention_edges().items()}
   specs = partitioning.describe(var_spec.param_shardings)
   shapes = {partitioning.path_str(p): tuple(int(d) for d in x.shape)
             for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
@@ -97,6 +101,11 @@ def _print(report: dict[str, Any]) -> None:
     print("Tokens per example:")
     for name, n in report["tokens_per_modality"].items():
       print(f"  {name:<40s} {n:>8d}")
+  if "attention_edges" in report:
+    e = report["attention_edges"]
+    print(f"Attention edges (SViTT eqs. 1-3): {e['edges'] / 1e6:.3f}M (visual {e['visual_edges'] / 1e6:.3f}M, "
+          f"multimodal {e['multimodal_edges'] / 1e6:.3f}M) against {e['dense_edges'] / 1e6:.3f}M dense: "
+          f"sparsity {e['sparsity']:.3f}")
   if "forward_flops_per_example" in report:
     print(f"FLOPs per example (XLA cost analysis): forward, eval mode (all tokens) "
           f"{report['forward_flops_per_example'] / 1e9:.2f} GFLOP; "
