@@ -67,8 +67,11 @@ def test_two_processes_match_one_process(config_path, tmp_path):
              if "train/loss" in r} for d in (multi, single)]
   steps = overrides["total_steps"]
   assert sorted(losses[0]) == sorted(losses[1]) == list(range(1, steps + 1))
+  # Same to float32 summation order: the cross-process all-reduce (gloo) adds the per-device partial sums in
+  # another order than the in-process one (seen: 3e-6 relative at step 1, 3e-5 at step 3 on an AMD EPYC host). A
+  # wrong data shard or a missing reduction moves the loss by percents.
   np.testing.assert_allclose([losses[0][s] for s in sorted(losses[0])],
-                             [losses[1][s] for s in sorted(losses[1])], rtol=1e-5)
+                             [losses[1][s] for s in sorted(losses[1])], rtol=1e-4)
   # Each process saved its own data position with the checkpoint; only process 0 wrote metrics.
   step_dir = os.path.join(multi, "checkpoints", str(steps), "data")
   assert sorted(os.listdir(step_dir))[-2:] == ["process_0.json", "process_1.json"]

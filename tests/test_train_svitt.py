@@ -50,3 +50,6 @@ def test_pretrain_retrieval_then_qa_from_the_checkpoint(tmp_path):
   for key in ("accuracy", "accuracy_shuffled", "majority_accuracy"):
     assert 0.0 <= results[f"eval/qa/{key}"] <= 100.0
   assert results["eval/qa/majority_accuracy"] >= 100.0 / 18
+  groups = [k for k in results if k.startswith("eval/qa/accuracy/")]  # the built-in dataset's question kinds
+  assert groups and all(k[len("eval/qa/accuracy/"):] in ("direction", "speed", "shape", "colour", "count",
+                                                         "yes/no") for k in groups), groups

@@ -109,6 +109,9 @@ CLASS_NAMES = [f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS]
 IMAGE_CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 ATTRIBUTE_NAMES = list(SHAPES) + list(COLOURS) + list(DIRECTIONS) + list(SPEEDS)
 ANSWER_NAMES = list(SHAPES) + list(COLOURS) + list(DIRECTIONS) + list(SPEEDS) + ["one", "two", "yes", "no"]
+# Question kind by answer (each answer belongs to one kind): QA accuracy per kind; 'direction' needs frame order.
+ANSWER_GROUPS = {"direction": list(DIRECTIONS), "speed": list(SPEEDS), "shape": list(SHAPES),
+                 "colour": list(COLOURS), "count": ["one", "two"], "yes/no": ["yes", "no"]}
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 

@@ -94,6 +94,7 @@ def get_source(data: Mapping[str, Any]) -> Source:
       raise ValueError(f"builtin dataset has no split {split!r}; splits: {sorted(ds.files)}.")
     meta = {k: getattr(ds, k) for k in ("vocab_file", "class_names", "attribute_names", "answer_names",
                                         "num_frames", "fps", "size", "sample_rate", "root") if hasattr(ds, k)}
+    meta["answer_groups"] = dict(builtin.ANSWER_GROUPS)
     return Source("builtin", sorted(ds.files[split]), meta)
   if name == "records":
     files = data.get("files")

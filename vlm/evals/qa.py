@@ -11,13 +11,17 @@ Config (`config.evals.<name>`):
     answer_index.
   answer_list [None]: the candidate answers (a list of strings, or a text file with one per line); None takes
     the dataset's own list (the built-in dataset's `answer_names`).
+  answer_groups [None]: {group name: [answers]} for accuracy per question kind (`accuracy/<group>`, and
+    `accuracy_shuffle_drop/<group>` with the probe), grouping questions by their true answer; None takes the
+    dataset's own groups where it has them (the built-in dataset: direction, speed, shape, colour, count, yes/no;
+    only 'direction' needs the frame order), {} turns them off.
   candidate_batch [64]: candidates scored per call.
   shuffle_frames [False], shuffle_seed [0]: the shuffled-frame probe (SViTT table A8): `accuracy_shuffled`,
     `accuracy_shuffle_drop`.
   max_examples [0 = all].
 
-Metrics: accuracy (percent), majority_accuracy (always answering the test split's most frequent answer),
-num_examples.
+Metrics: accuracy (percent) and accuracy/<group>, majority_accuracy (always answering the test split's most
+frequent answer), num_examples; with the probe accuracy_shuffled[/<group>] and accuracy_shuffle_drop[/<group>].
 """
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ from vlm.evals import classification
 from vlm.evals import common
 
 
-def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict) -> tuple[list[str], str]:
-  """(candidate answers, vocab file of the eval split's source) for `eval_cfg`."""
+def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict
+                ) -> tuple[list[str], str, dict[str, list[str]]]:
+  """(candidate answers, vocab file of the eval split's source, answer groups) for `eval_cfg`."""
   inp = pipeline.input_config(config, eval_cfg.input)
   source = sources_lib.get_source(inp["data"])
   answers = eval_cfg.get("answer_list", None)
@@ -50,7 +55,13 @@ def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.Conf
     answers = source.meta.get("answer_names")
   if not answers:
     raise ValueError("QA evaluation needs an answer list: set evals.<name>.answer_list (strings or a file).")
-  return list(answers), source.meta.get("vocab_file")
+  groups = eval_cfg.get("answer_groups", None)
+  groups = source.meta.get("answer_groups", {}) if groups is None else dict(groups)
+  for name, members in groups.items():
+    unknown = [a for a in members if a not in answers]
+    if unknown:
+      raise ValueError(f"answer_groups[{name!r}] names answers not in the answer list: {unknown}.")
+  return list(answers), source.meta.get("vocab_file"), {k: list(v) for k, v in groups.items()}
 
 
 def tokenize_answers(answers: Sequence[str], tokenizer: vocab_lib.Tokenizer, length: int
@@ -63,6 +74,19 @@ def tokenize_answers(answers: Sequence[str], tokenizer: vocab_lib.Tokenizer, len
   return ids, (ids > 0).astype(np.int32)
 
 
+def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]]
+               ) -> dict[str, float]:
+  """Percent of questions whose best-scoring candidate (scores [Q, C]) is the true one (gt [Q]): overall as
+  `accuracy`, and per group of true answers as `accuracy/<group>` (groups with no question are left out)."""
+  correct = np.argmax(scores, axis=1) == gt
+  out = {"accuracy": float(100.0 * correct.mean()) if gt.size else 0.0}
+  for name, members in groups.items():
+    in_group = np.isin(gt, [answers.index(a) for a in members])
+    if in_group.any():
+      out[f"accuracy/{name}"] = float(100.0 * correct[in_group].mean())
+  return out
+
+
 class Evaluator:
   """Closed-list video QA accuracy (see the module docstring)."""
 
@@ -71,7 +95,7 @@ class Evaluator:
     if not hasattr(task, "answer_scores"):
       raise ValueError(f"evals type 'qa': the {type(task).__name__} task has no answer_scores (use svitt_qa).")
     self.config, self.eval_cfg, self.task, self.mesh = config, eval_cfg, task, mesh
-    self.answers, vocab_file = answer_list(config, eval_cfg)
+    self.answers, vocab_file, self.groups = answer_list(config, eval_cfg)
     spec = dict(config.input.get("tokenizer") or {"kind": "words"})
     tokenizer = vocab_lib.make_tokenizer(spec, default_vocab_file=vocab_file)
     length = int(config.input.get("max_answer_len", 5))
@@ -111,13 +135,14 @@ class Evaluator:
     if gt.size and (gt.min() < 0 or gt.max() >= len(self.answers)):
       raise ValueError(f"answer_index outside the answer list of {len(self.answers)} answers "
                        f"(min {gt.min()}, max {gt.max()}).")
-    acc = lambda scores: float(100.0 * np.mean(np.argmax(scores, axis=1) == gt)) if gt.size else 0.0
-    metrics = {"accuracy": acc(out["scores"])}
+    metrics = accuracies(out["scores"], gt, self.answers, self.groups)
     counts = np.bincount(gt, minlength=len(self.answers))
     metrics["majority_accuracy"] = float(100.0 * counts.max() / max(gt.size, 1))
     if self.eval_cfg.get("shuffle_frames", False):
-      metrics["accuracy_shuffled"] = acc(self._collect(variables, shuffle=True)["scores"])
-      metrics["accuracy_shuffle_drop"] = metrics["accuracy"] - metrics["accuracy_shuffled"]
+      shuffled = accuracies(self._collect(variables, shuffle=True)["scores"], gt, self.answers, self.groups)
+      for k in [k for k in metrics if k.startswith("accuracy")]:
+        metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
+        metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = metrics[k] - shuffled[k]
     metrics["num_examples"] = float(gt.size)
     logging.info("qa: %d questions in %.1fs at step %d: %s", gt.size, time.time() - start, step,
                  {k: round(v, 2) for k, v in metrics.items()})
