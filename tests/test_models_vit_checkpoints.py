@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vlm import config_lib
+from vlm.models import hf_weights
 from vlm.models import tubevit
 from vlm.models import vit_checkpoints
 
@@ -70,7 +71,7 @@ def test_big_vision_npz_round_trip_and_scanned_model(hf_vit, tmp_path):
   expected = _hf_hidden(model, images)
   npz = str(tmp_path / "vit.npz")
   vit_checkpoints.to_big_vision_npz(vit_checkpoints.read_vit(path), npz)
-  flat = vit_checkpoints.read_weights(npz)
+  flat = hf_weights.read_weights(npz)
   assert "Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel" in flat
   assert flat["Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel"].shape == (64, 2, 32)
   vit = vit_checkpoints.read_vit(npz)
@@ -117,7 +118,7 @@ def test_mismatches_name_the_parameter(hf_vit):
   with pytest.raises(ValueError, match="Not an image-ViT checkpoint"):
     vit_checkpoints.read_vit({"foo": np.zeros(3)})
   with pytest.raises(ValueError, match=".npz.*.safetensors"):
-    vit_checkpoints.read_weights(__file__)
+    hf_weights.read_weights(__file__)
 
 
 def test_classification_task_reads_a_vit_file(hf_vit):

@@ -1,5 +1,6 @@
 """SViTT tasks: pre-training losses and gradients, temporal expansion and QA decoder initialisation from a
 checkpoint, the table A1 / A4 configurations, and bad configurations."""
+import json
 import os
 
 import flax
@@ -151,3 +152,61 @@ def test_bad_configurations_fail_before_compute():
   with pytest.raises(ValueError, match="takes one"):
     svitt_pretrain.flat_text(jnp.zeros((2, 3, 5)))
   assert block_sparse.num_blocks(64, 8) == 8
+
+
+def test_run_from_scratch_starts_from_hf_beit_and_bert(tmp_path):
+  """model.init_beit / init_bert (the trainer's pretrained-weights hook): HF weights land in the video, text and
+  multimodal encoders and the MLM head (f_t matches HF BERT's hidden states after its first L_t layers); the
+  cross-attention and projections stay fresh; a head count or grid that does not fit is an error."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  beit_cfg = transformers.BeitConfig(
+      hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=32,
+      patch_size=8, use_relative_position_bias=True, use_absolute_position_embeddings=True, use_mean_pooling=True,
+      layer_scale_init_value=0.1, layer_norm_eps=1e-12)
+  bert_cfg = transformers.BertConfig(vocab_size=160, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=128, max_position_embeddings=512, layer_norm_eps=1e-12)
+  hf_bert = transformers.BertForMaskedLM(bert_cfg).eval()
+  for model, name in ((transformers.BeitModel(beit_cfg), "beit"), (hf_bert, "bert")):
+    with torch.no_grad():
+      for p in model.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(str(tmp_path / name))
+  overrides = {**SHALLOW, "model.text_layers": 1, "model.fusion_layers": 1,
+               "model.init_beit": str(tmp_path / "beit/model.safetensors"),
+               "model.init_bert": str(tmp_path / "bert/model.safetensors")}
+  task = svitt_pretrain.Task(_config(**overrides))
+  batch = _batch(task, b=2)
+  shapes = flax.core.meta.unbox(jax.eval_shape(lambda: task.init_variables(jax.random.key(0), batch))["params"])
+  rng = np.random.default_rng(0)  # stands in for a fresh init (traced, not compiled: the hook reads only values)
+  fresh = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), shapes)
+  params = task.init_params_from_pretrained(fresh)
+
+  state = {k: v.numpy() for k, v in hf_bert.state_dict().items()}
+  np.testing.assert_array_equal(params["fusion_encoder"]["layer_00"]["mlp"]["wi"]["kernel"],
+                                state["bert.encoder.layer.1.intermediate.dense.weight"].T)  # f_m = BERT layer 1
+  np.testing.assert_array_equal(params["mlm_head"]["bias"], state["cls.predictions.bias"])
+  assert params["video_encoder"]["pos_embedding"].shape[1] == 1 + 4 * 16  # the image table on every frame
+  for kept in (("fusion_encoder", "layer_00", "cross_attention"), ("vision_proj",), ("vtm_head",)):
+    a, b = params, fresh
+    for k in kept:
+      a, b = a[k], b[k]
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), kept
+  ids = jnp.asarray(batch["text"])
+  ours = task.model.apply({"params": params}, ids, jnp.asarray(batch["text_mask"]), method="encode_text")[0]
+  with torch.no_grad():
+    theirs = hf_bert.bert(torch.tensor(np.asarray(ids)), attention_mask=torch.tensor(batch["text_mask"]),
+                          output_hidden_states=True).hidden_states[1].numpy()
+  np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+  bad = tmp_path / "bad"
+  bad.mkdir()
+  config = dict(json.loads((tmp_path / "bert/config.json").read_text()), num_attention_heads=4)
+  (bad / "config.json").write_text(json.dumps(config))
+  (bad / "model.safetensors").write_bytes((tmp_path / "bert/model.safetensors").read_bytes())
+  with pytest.raises(ValueError, match="4 attention heads; the model has 2"):
+    svitt_pretrain.Task(_config(**{**overrides, "model.init_bert": str(bad / "model.safetensors")})
+                        ).init_params_from_pretrained(fresh)
+  with pytest.raises(ValueError, match="4-patch grid.*set input.crop_size"):
+    svitt_pretrain.Task(_config(**{**overrides, "input.crop_size": 64})).init_params_from_pretrained(fresh)

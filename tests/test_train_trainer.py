@@ -126,6 +126,28 @@ def test_init_checkpoint_loads_params_only(straight, tmp_path):
                          jax.device_get(saved.params))
 
 
+def test_pretrained_weights_hook_seeds_a_run_from_scratch_only(straight, tmp_path):
+  """`task.init_params_from_pretrained` (e.g. SViTT's HF BEiT / BERT) fills a fresh state, placed in the params'
+  shardings; a workdir checkpoint wins over it, and None leaves the fresh init."""
+  config = _config()
+  setup = trainer.setup_mesh(config)
+  task = trainer.build_task(config)
+  spec = trainer.build_state_spec(config, task, setup, config.total_steps)
+  task.init_params_from_pretrained = lambda params: jax.tree.map(lambda p: np.full(p.shape, 0.5, p.dtype), params)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  state, _ = trainer.restore_or_init(config, task, spec, ckpt)
+  ckpt.close()
+  for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(spec.shardings.params)):
+    np.testing.assert_array_equal(np.asarray(leaf), 0.5)
+    assert leaf.sharding == sharding
+  ckpt = checkpointing.Checkpointer(os.path.join(straight[0], "checkpoints"), read_only=True)
+  resumed, _ = trainer.restore_or_init(config, task, spec, ckpt)
+  assert int(resumed.step) == 6 and not np.all(np.asarray(jax.tree.leaves(resumed.params)[0]) == 0.5)
+  task.init_params_from_pretrained = lambda params: None
+  fresh, _ = trainer.restore_or_init(config, task, spec, checkpointing.Checkpointer(str(tmp_path / "other")))
+  assert not np.all(np.asarray(jax.tree.leaves(fresh.params)[0]) == 0.5)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   config = _config("steps=6,nan_at=4,evals=false", checkpoint_every_steps=2)
   with pytest.raises(FloatingPointError, match=r"at step 5 .*last checkpoint \(step 4\) is intact"):

@@ -30,8 +30,6 @@ matches HF's hidden states on images, and round-trips the same weights through t
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import re
 from typing import Any
 
@@ -57,23 +55,6 @@ class ViTWeights:
     return int(self.patch_kernel.shape[-1])
 
 
-def read_weights(path: str) -> dict[str, np.ndarray]:
-  """Flat {name: array} from a local `.npz` or `.safetensors` file."""
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"ViT checkpoint {path!r} is not a file.")
-  if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as f:
-      return {k: np.asarray(f[k]) for k in f.files}
-  if path.endswith(".safetensors"):
-    try:
-      from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError("Reading .safetensors needs the safetensors package (pip install safetensors).") from e
-    return dict(load_file(path))
-  raise ValueError(f"ViT checkpoint {path!r}: expected a .npz (big_vision / vision_transformer) or a "
-                   ".safetensors (HF transformers) file.")
-
-
 def detect_layout(flat: dict[str, Any]) -> str | None:
   """'hf', 'big_vision' or None (not an image ViT this module knows)."""
   if any(".encoder.layer." in f".{k}" for k in flat):
@@ -86,7 +67,7 @@ def detect_layout(flat: dict[str, Any]) -> str | None:
 def read_vit(path_or_flat: str | dict[str, Any], num_heads: int | None = None) -> ViTWeights:
   """A ViT checkpoint file (or its flat dict) as `ViTWeights`; `num_heads` only matters for HF weights."""
   path = path_or_flat if isinstance(path_or_flat, str) else None
-  flat = read_weights(path) if path else dict(path_or_flat)
+  flat = hf_weights.read_weights(path) if path else dict(path_or_flat)
   layout = detect_layout(flat)
   if layout == "hf":
     return _from_hf(flat, num_heads or _hf_num_heads(path, _hf_width(flat)))
@@ -139,10 +120,9 @@ def _from_hf(flat: dict[str, Any], heads: int) -> ViTWeights:
 def _hf_num_heads(path: str | None, d: int) -> int:
   """HF fuses the heads in its Linear layers: the count comes from the config.json saved beside the weights, else
   from the ViT convention of 64 features per head."""
-  config = os.path.join(os.path.dirname(path), "config.json") if path else None
-  if config and os.path.isfile(config):
-    with open(config) as f:
-      return int(json.load(f)["num_attention_heads"])
+  config = hf_weights.hf_config(path)
+  if config is not None:
+    return int(config["num_attention_heads"])
   if d % 64:
     raise ValueError(f"Cannot infer the head count of a width-{d} HF ViT: pass num_heads, or keep the "
                      "config.json that save_pretrained writes beside the weights.")

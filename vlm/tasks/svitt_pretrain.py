@@ -29,6 +29,8 @@ config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
   expand_frames_from [None]: frames of `init_checkpoint` when it differs from input.num_frames (temporal
     expansion: relative tables by nearest temporal offset, eq. 7; absolute tables by nearest frame). Without it
     a checkpoint with another frame count is an error.
+  init_beit / init_bert [None]: HF BEiT / BERT .safetensors files (config.json beside) that a run from scratch
+    starts from (`init_params_from_pretrained`).
   dtype ['float32'].
 config.task:
   name ['svitt_pretrain']; vtc_weight / vtm_weight / mlm_weight [1.0]; temperature [0.07];
@@ -45,6 +47,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from absl import logging
 import flax
 import jax
 import jax.numpy as jnp
@@ -309,6 +312,80 @@ class Task:
     if problems:
       raise ValueError("Checkpoint does not fit the SViTT model:\n  " + "\n  ".join(problems))
     return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+  # ------------------------------------------------------------------------------------ pretrained weights
+  def init_params_from_pretrained(self, init_params: Any) -> Any | None:
+    """Pretrained-weights hook (vlm/train/trainer.py), for a run that starts from scratch: SViTT starts from
+    image BEiT and BERT (A.1). None when neither `model.init_beit` nor `model.init_bert` is set.
+
+    * `model.init_beit`: an HF `BeitModel` .safetensors (config.json beside it): the video encoder, its 2-D
+      relative tables inflated to 3-D (eqs. 8-11) and an absolute table, if any, to every frame (eqs. 4-7).
+    * `model.init_bert`: an HF `BertModel` / `BertForMaskedLM` .safetensors: layers 0..L_t-1 into f_t, the next
+      L_m into f_m (whose cross-attention stays fresh: BERT has none), and BERT's MLM head when present.
+    Everything else (projections, VTM head, cross-attention, temperature) keeps its fresh initialisation; a
+    weight whose name or shape does not fit the model is an error naming it.
+    """
+    from vlm.models import beit, bert, hf_weights  # pylint: disable=g-import-not-at-top
+    beit_path, bert_path = self.config.model.get("init_beit", None), self.config.model.get("init_bert", None)
+    if not beit_path and not bert_path:
+      return None
+    params = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
+    loaded: dict[str, np.ndarray] = {}
+    if beit_path:
+      vision = self.kwargs["vision"]
+      side = self.crop // vision["patch_size"]
+      _check_hf_config(beit_path, vision["num_heads"], "model.init_beit", grid=side)
+      tree = beit.from_hf_beit(hf_weights.read_weights(beit_path), vision["num_heads"], image_grid=(side, side),
+                               frames=self.frames)
+      loaded.update(_prefixed(tree, "video_encoder"))
+    if bert_path:
+      _check_hf_config(bert_path, self.kwargs["num_heads"], "model.init_bert")
+      flat = hf_weights.read_weights(bert_path)
+      text_layers, fusion_layers = self.kwargs["text_layers"], self.kwargs["fusion_layers"]
+      loaded.update(_prefixed(bert.from_hf_bert(flat, self.kwargs["num_heads"], num_layers=text_layers),
+                              "text_encoder"))
+      loaded.update(_prefixed(bert.from_hf_bert(flat, self.kwargs["num_heads"], first_layer=text_layers,
+                                                num_layers=fusion_layers, embeddings=False), "fusion_encoder"))
+      head = "cls.predictions."
+      if head + "bias" in flat:
+        take = lambda n: hf_weights.take(flat, head + n, "HF BERT MLM head")
+        loaded.update({"mlm_head/transform/kernel": take("transform.dense.weight").T,
+                       "mlm_head/transform/bias": take("transform.dense.bias"),
+                       "mlm_head/transform_norm/scale": take("transform.LayerNorm.weight"),
+                       "mlm_head/transform_norm/bias": take("transform.LayerNorm.bias"),
+                       "mlm_head/bias": take("bias")})
+    problems = [f"{k}: not a parameter of this model" for k in loaded if k not in params]
+    problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(params[k].shape)}" for k, v in loaded.items()
+                 if k in params and tuple(v.shape) != tuple(params[k].shape)]
+    if problems:
+      raise ValueError("Pretrained weights (model.init_beit / model.init_bert) do not fit the SViTT model:\n  "
+                       + "\n  ".join(problems))
+    fresh = sorted({"/".join(k.split("/")[:2]) for k in params if k not in loaded})
+    logging.info("SViTT: %d of %d tensors from pretrained weights; fresh: %s", len(loaded), len(params), fresh)
+    out = {k: jnp.asarray(loaded[k], v.dtype) if k in loaded else v for k, v in params.items()}
+    return flax.traverse_util.unflatten_dict(out, sep="/")
+
+
+def _prefixed(tree: Any, prefix: str) -> dict[str, np.ndarray]:
+  return {f"{prefix}/{k}": np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+def _check_hf_config(path: str, heads: int, field: str, grid: int | None = None) -> None:
+  """The config.json beside HF weights against the model: the head count (HF fuses the heads in its Linear
+  layers, so another count would load without a shape error) and, for BEiT, the patch grid its relative
+  tables were trained on (no 2-D resampling here: pick input.crop_size to match)."""
+  from vlm.models import hf_weights  # pylint: disable=g-import-not-at-top
+  config = hf_weights.hf_config(path)
+  if config is None:
+    raise ValueError(f"{field}={path!r}: no config.json beside the weights (save_pretrained writes one); it gives "
+                     "the head count.")
+  if int(config["num_attention_heads"]) != heads:
+    raise ValueError(f"{field}={path!r} has {config['num_attention_heads']} attention heads; the model has {heads}.")
+  if grid is not None and int(config["image_size"]) // int(config["patch_size"]) != grid:
+    raise ValueError(f"{field}={path!r} was trained on a {config['image_size'] // config['patch_size']}-patch grid "
+                     f"({config['image_size']} px / {config['patch_size']}); the model's frames have {grid} "
+                     "patches a side: set input.crop_size to match.")
 
 
 def _decoder_source(path: str, flat_loaded: dict[str, Any]) -> str:

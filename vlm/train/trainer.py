@@ -30,6 +30,9 @@ new resolution, a new head), a task may define `adapt_init_params(loaded, init_p
 it returns a tree shaped like `init_params`. Without the hook a mismatch is an error naming the paths. When
 `config.init_checkpoint` is a single file (an external model's weights, e.g. an image ViT .npz / .safetensors),
 the task's `init_params_from_file(path, init_params) -> params` reads it.
+
+Pretrained-weights hook: a run with neither may still start from weights its model config names (SViTT's image
+BEiT and BERT): the task's `init_params_from_pretrained(init_params) -> params | None` (None: nothing named).
 """
 from __future__ import annotations
 
@@ -195,7 +198,11 @@ def restore_or_init(config: ConfigDict, task: Any, spec: StateSpec, ckpt: checkp
     params = load_init_params(init_path, task, state.params, spec)
     state = state.replace(params=params)
   else:
-    logging.info("No checkpoint in the workdir and no config.init_checkpoint: training from scratch.")
+    params = task.init_params_from_pretrained(state.params) if hasattr(task, "init_params_from_pretrained") else None
+    if params is None:
+      logging.info("No checkpoint in the workdir and no config.init_checkpoint: training from scratch.")
+    else:
+      state = state.replace(params=jax.device_put(params, spec.shardings.params))
   return state, None
 
 
