@@ -91,6 +91,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.size = "tiny" if a.tiny else "base"
   c.model.vocab_size = config_dict.placeholder(int)  # None: the size's (BERT 30522; tiny 160)
   c.model.vision_layers = config_dict.placeholder(int)  # None: the size's (12 / tiny 4)
+  c.model.patch_size = config_dict.placeholder(int)  # None: the size's (16 / tiny 8)
   c.model.text_layers = config_dict.placeholder(int)  # None: 9 / tiny 2
   c.model.fusion_layers = config_dict.placeholder(int)  # None: 3 / tiny 2
   c.model.attention = "dense" if a.dense else "block_sparse"

@@ -16,6 +16,7 @@ config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
   size ['base']: 'base' (BEiT-B/16 video encoder; BERT-base split 9 text + 3 multimodal layers) or 'tiny'
     (CPU: 4 video layers of width 64, patch 8; 2 + 2 BERT layers of width 64).
   vision_layers / text_layers / fusion_layers [None: the size's]: depth overrides (e.g. a shallower test model).
+  patch_size [None: the size's, 16 / tiny 8]: frame patch side in pixels (an HF BEiT init needs its own).
   vocab_size [30522 base / 160 tiny]: BERT's WordPiece vocabulary; the tiny run uses the built-in dataset's
     154 words.
   attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
@@ -86,6 +87,8 @@ def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   text = dict(SIZES[size]["text"])
   if m.get("vision_layers", None) is not None:
     vision["num_layers"] = int(m.vision_layers)
+  if m.get("patch_size", None) is not None:
+    vision["patch_size"] = int(m.patch_size)
   for name in ("text_layers", "fusion_layers"):
     if m.get(name, None) is not None:
       text[name] = int(m[name])
