@@ -58,6 +58,9 @@ import numpy as np
 from vlm.losses import contrastive
 from vlm.losses import matching
 from vlm.losses import mlm as mlm_lib
+from vlm.models import beit
+from vlm.models import bert
+from vlm.models import hf_weights
 from vlm.models import svitt
 from vlm.nn import block_sparse
 from vlm.nn import token_pruning
@@ -316,7 +319,6 @@ class Task:
       raise ValueError("Checkpoint does not fit the SViTT model:\n  " + "\n  ".join(problems))
     return flax.traverse_util.unflatten_dict(out, sep="/")
 
-
   # ------------------------------------------------------------------------------------ pretrained weights
   def init_params_from_pretrained(self, init_params: Any) -> Any | None:
     """Pretrained-weights hook (vlm/train/trainer.py), for a run that starts from scratch: SViTT starts from
@@ -329,7 +331,6 @@ class Task:
     Everything else (projections, VTM head, cross-attention, temperature) keeps its fresh initialisation; a
     weight whose name or shape does not fit the model is an error naming it.
     """
-    from vlm.models import beit, bert, hf_weights  # pylint: disable=g-import-not-at-top
     beit_path, bert_path = self.config.model.get("init_beit", None), self.config.model.get("init_bert", None)
     if not beit_path and not bert_path:
       return None
@@ -378,7 +379,6 @@ def _check_hf_config(path: str, heads: int, field: str, grid: int | None = None)
   """The config.json beside HF weights against the model: the head count (HF fuses the heads in its Linear
   layers, so another count would load without a shape error) and, for BEiT, the patch grid its relative
   tables were trained on (no 2-D resampling here: pick input.crop_size to match)."""
-  from vlm.models import hf_weights  # pylint: disable=g-import-not-at-top
   config = hf_weights.hf_config(path)
   if config is None:
     raise ValueError(f"{field}={path!r}: no config.json beside the weights (save_pretrained writes one); it gives "
