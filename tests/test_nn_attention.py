@@ -35,6 +35,23 @@ def test_dense_matches_numpy_with_mask_and_bias():
     attention.dense_attention(q, k, v, implementation="flash")
 
 
+def test_written_out_softmax_matches_jax_values_and_gradients():
+  # Masked entries at finfo.min (as the kernels write them), a fully masked row, and the key axis not last
+  # (block-sparse attention normalises over axis -2).
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(2, 7, 4)).astype(np.float32) * 4
+  logits[0, :3, 1] = np.finfo(np.float32).min
+  logits[1, :, 2] = np.finfo(np.float32).min
+  logits = jnp.asarray(logits)
+  cot = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
+  for axis in (-1, -2):
+    ours = lambda x, axis=axis: jnp.vdot(attention.softmax(x, axis=axis), cot)
+    ref = lambda x, axis=axis: jnp.vdot(jax.nn.softmax(x, axis=axis), cot)
+    np.testing.assert_allclose(attention.softmax(logits, axis), jax.nn.softmax(logits, axis=axis), atol=1e-6)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(ref)(logits), atol=1e-5)
+    np.testing.assert_allclose(np.sum(attention.softmax(logits, axis), axis), 1.0, atol=1e-6)
+
+
 def test_attention_dropout_only_in_training():
   q, k, v = _qkv()
   rng = jax.random.PRNGKey(1)

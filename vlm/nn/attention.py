@@ -43,6 +43,19 @@ def get_attention_fn(name: str) -> AttentionFn:
   return _ATTENTION_FNS[name]
 
 
+def softmax(logits: jax.Array, axis: int = -1) -> jax.Array:
+  """Softmax over `axis`, written out: its autodiff fuses into fewer full-size passes on XLA:CPU.
+
+  `jax.nn.softmax`'s own derivative rule materialises the broadcast normaliser and the max-shifted logits as
+  separate [.., T, S] arrays; the plain expression lets XLA fuse them: dense and block-sparse attention forward +
+  backward both ~1.08x faster on the 2-core CPU (N = 1569, 12 heads x 64, medians of 9 interleaved runs). Same
+  values to float32 rounding; the max is a constant to autodiff (its gradient terms cancel exactly).
+  """
+  shifted = logits - jax.lax.stop_gradient(logits.max(axis=axis, keepdims=True))
+  unnorm = jnp.exp(shifted)
+  return unnorm * (1.0 / unnorm.sum(axis=axis, keepdims=True))
+
+
 def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None,
                        deterministic=True):
   """Softmax attention written out (reference; the path used when attention dropout is active).
@@ -55,7 +68,7 @@ def explicit_attention(query, key, value, *, mask=None, bias=None, dropout_rate=
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)
+  weights = softmax(logits, axis=-1)
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("Attention dropout needs dropout_rng.")

@@ -216,21 +216,24 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   m_all = jnp.concatenate([jnp.broadcast_to(valid[:, None, :g_num], (b, nblk, g_num)), m_sel], axis=2)
   k_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(g_num)[None], (nblk, g_num)), k_pos], axis=1)
 
+  # Scores are laid out key-major, [B, H, nblk, S_b, G] (softmax over the key axis -2): XLA:CPU runs these
+  # small batched dots ~1.3x faster in this layout than as [.., G, S_b] (vlm/tools/bench_attention.py).
   scale = dk ** -0.5
-  logits = jnp.einsum("bhngd,bhnsd->bhngs", q_loc, k_all, preferred_element_type=jnp.float32) * scale
+  logits = jnp.einsum("bhnsd,bhngd->bhnsg", k_all, q_loc, preferred_element_type=jnp.float32) * scale
   if bias is not None:
     full = jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total)).astype(jnp.float32)
-    # bias[..., query position, key position] for every (block, query, key) edge: [B|1, H, nblk, G, S_b]
-    logits = logits + full[:, :, pos_blocks[:, :, None], k_pos[:, None, :]]
-  logits = jnp.where(m_all[:, None, :, None, :], logits, jnp.finfo(jnp.float32).min)
-  weights = jax.nn.softmax(logits, axis=-1)
+    # bias[..., query position, key position] for every (block, key, query) edge: [B|1, H, nblk, S_b, G]
+    logits = logits + full[:, :, pos_blocks[:, None, :], k_pos[:, :, None]]
+  if mask is not None or pad:  # without padding or a caller's mask every key is valid: skip two passes
+    logits = jnp.where(m_all[:, None, :, :, None], logits, jnp.finfo(jnp.float32).min)
+  weights = attention_lib.softmax(logits, axis=-2)
   if not deterministic and dropout_rate > 0.0:
     if dropout_rng is None:
       raise ValueError("Attention dropout needs dropout_rng.")
     keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
     weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out_loc = jnp.einsum("bhngs,bhnsd->bhngd", weights.astype(value.dtype), v_all)
-  out_loc = out_loc.transpose(0, 2, 3, 1, 4).reshape(b, nblk * block_size, h, dk)[:, :n]
+  out_loc = jnp.einsum("bhnsd,bhnsg->bhndg", v_all, weights.astype(value.dtype))  # [B, H, nblk, K, G]
+  out_loc = out_loc.transpose(0, 2, 4, 1, 3).reshape(b, nblk * block_size, h, dk)[:, :n]
   if perm is not None:
     out_loc = jnp.zeros_like(out_loc).at[:, perm].set(out_loc)  # back to the caller's order
 
