@@ -78,6 +78,15 @@ def test_presets_notation_and_errors():
   assert tubes.parse_tubes("charades")[1].kernel == (16, 16, 16)
   with pytest.raises(ValueError, match="table 5 notation"):
     tubes.parse_tubes("z+iv")
+  # ';' separates tubes inside a FILE:ARG; explicit kernel/stride[/offset] triples.
+  frames, shifted = tubes.parse_tubes("1x8x8/4x8x8;8x4x4/4x8x8/0x2x2")
+  assert (frames.kernel, frames.stride, frames.offset) == ((1, 8, 8), (4, 8, 8), (0, 0, 0))
+  assert (shifted.kernel, shifted.offset) == ((8, 4, 4), (0, 2, 2))
+  assert frames.grid((16, 32, 32)) == (4, 4, 4)
+  with pytest.raises(ValueError, match="'1x8' is not a 'TxHxW' triple"):
+    tubes.parse_tubes("1x8/4x8x8")
+  with pytest.raises(ValueError, match="kernel/stride"):
+    tubes.parse_tubes("1x8x8/4x8x8/0x0x0/1x1x1")
   with pytest.raises(ValueError, match=r"tube 16x4x4 .* does not fit the input \(T, H, W\) = \(8, 224, 224\)"):
     tubes.fitting_tubes(tubes.TABLE3, (8, 224, 224))
   with pytest.raises(ValueError, match="does not fit"):  # offset past the end

@@ -21,7 +21,9 @@ Arguments (`FILE:ARG`, comma separated):
   size     'B' | 'L' | 'H' (table 2).
   joint    train with ImageNet-1k mixed in (default True; section 1: joint training for K400, K600 and K700).
   image_weight  fraction of steps that draw an ImageNet batch (default 0.5, tiny 0.3; the paper does not give it).
-  tubes    tube preset (default 'table3'; 'charades' or table 5 notation such as 'a+iv,d+v,e+iv,f+v').
+  tubes    tube preset (default 'table3'; tiny: TINY_TUBES), 'charades', table 5 notation ('a+iv;d+v;e+iv;f+v':
+           ';' between tubes, as ',' separates fields) or explicit kernel/stride[/offset] triples ('1x8x8/4x8x8':
+           single-frame 8x8 patches from every 4th frame, the tokenisation of SViTT's video encoder).
   frames   clip length (default 64, table 1; table 3's token counts are for 32).
   dense    the dense-ViT baseline: one 4x16x16 tube, stride 4x16x16 (every tubelet).
   tiny     CPU-sized: 2-layer width-64 ViT, 16 frames of 32x32 with three small tubes (TINY_TUBES), batch 32,
@@ -115,7 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if a.dense:
     c.model.tubes = [dict(kernel=(4, 16, 16), stride=(4, 16, 16), offset=(0, 0, 0))]
   else:
-    c.model.tubes = [dict(t) for t in TINY_TUBES] if a.tiny else a.tubes
+    c.model.tubes = [dict(t) for t in TINY_TUBES] if a.tiny and a.tubes == "table3" else a.tubes
   c.model.posemb = "sincos"
   # CLS pooling as the ViT the paper builds on; the tiny model pools by average, which learns faster from scratch.
   c.model.pool = "cls" if not a.tiny else "gap"

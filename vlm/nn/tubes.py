@@ -113,18 +113,38 @@ TABLE5_STRIDES = {"i": (4, 16, 16), "ii": (8, 8, 8), "iii": (8, 32, 32), "iv": (
 PRESETS = {"table3": TABLE3, "charades": CHARADES}
 
 
+def _triple(text: str, spec: str) -> Triple:
+  parts = text.split("x")
+  if len(parts) != 3 or not all(p.isdigit() for p in parts):
+    raise ValueError(f"tubes={spec!r}: {text!r} is not a 'TxHxW' triple of integers.")
+  return tuple(int(p) for p in parts)
+
+
 def parse_tubes(spec: Any) -> tuple[Tube, ...]:
-  """Tubes from a preset name ('table3', 'charades'), table 5 notation ('a+iv,d+v,e+iv,f+v'), or a list of
-  Tubes / dicts with kernel, stride and optional offset, name."""
+  """Tubes from a string or a list of Tubes / dicts with kernel, stride and optional offset, name.
+
+  A string is a preset name ('table3', 'charades') or items separated by ',' or ';' (';' inside a config's
+  FILE:ARG, whose fields are comma-separated), each either table 5 notation '<kernel a-h>+<stride i-v>'
+  ('a+iv;d+v;e+iv;f+v') or explicit 'kernel/stride[/offset]' triples TxHxW ('1x8x8/4x8x8' = single-frame 8x8
+  patches from every 4th frame).
+  """
   if isinstance(spec, str):
     if spec in PRESETS:
       return PRESETS[spec]
     tubes = []
-    for item in spec.replace(" ", "").split(","):
+    for item in spec.replace(" ", "").replace(";", ",").split(","):
+      if "/" in item:
+        fields = item.split("/")
+        if len(fields) not in (2, 3):
+          raise ValueError(f"tubes={spec!r}: {item!r} is not 'kernel/stride[/offset]' (e.g. '1x8x8/4x8x8').")
+        triples = [_triple(f, spec) for f in fields]
+        tubes.append(Tube(*triples, name=item))
+        continue
       kernel, _, stride = item.partition("+")
       if kernel not in TABLE5_KERNELS or stride not in TABLE5_STRIDES:
-        raise ValueError(f"tubes={spec!r}: {item!r} is not a preset ({sorted(PRESETS)}) or table 5 notation "
-                         f"'<kernel a-h>+<stride i-v>' (e.g. 'a+iv,d+v,e+iv,f+v').")
+        raise ValueError(f"tubes={spec!r}: {item!r} is not a preset ({sorted(PRESETS)}), table 5 notation "
+                         f"'<kernel a-h>+<stride i-v>' (e.g. 'a+iv;d+v;e+iv;f+v') or 'kernel/stride[/offset]' "
+                         f"(e.g. '1x8x8/4x8x8').")
       tubes.append(Tube(TABLE5_KERNELS[kernel], TABLE5_STRIDES[stride], name=item))
     return tuple(tubes)
   tubes = []
