@@ -58,6 +58,22 @@ def test_equals_dense_attention_under_the_same_mask(order_kind):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_equals_dense_without_mask_or_padding():
+  # No caller mask and G dividing N: the kernel skips its where-mask; values and gradients must not change.
+  q, k, v = _qkv(n=1 + 48)
+  g, kl, kr = 6, 1, 2
+  pattern = bs.block_pattern(jax.random.key(5), bs.num_blocks(48, g), kl, kr)
+  bias = jax.random.normal(jax.random.key(6), (1, 2, 49, 49))
+  kw = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1, pattern=pattern)
+  sparse = lambda q, k, v: bs.block_sparse_attention(q, k, v, bias=bias, **kw)
+  dense = lambda q, k, v: _dense_reference(q, k, v, pattern, 1, g, bias=bias)
+  np.testing.assert_allclose(sparse(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  for a, b in zip(jax.grad(loss(sparse), argnums=(0, 1, 2))(q, k, v),
+                  jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_all_blocks_is_dense_attention():
   """A pattern naming every block (gather path) is dense attention; so is the shortcut the kernel takes when
   K_l + K_r >= nblk (the late, pruned layers of an encoder), even when K_l + K_r exceeds the block count."""
