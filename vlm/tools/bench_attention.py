@@ -2,12 +2,12 @@ r"""Block-sparse against dense attention, forward + backward, side by side in on
 
   python -m vlm.tools.bench_attention --tokens=1568 --block_size=56 --local_blocks=1 --random_blocks=3
 
-Times the gradient of <attention(q, k, v), dO> (dO random) w.r.t. q, k, v for the dense kernel ('explicit' on CPU, the fused
-`jax.nn.dot_product_attention` on GPU, or `--dense=fused|explicit`) and for `vlm.nn.block_sparse`, with one [CLS]
-token in front of `--tokens` local tokens (8 frames x 196 patches = 1568 by default), and prints:
+Times the gradient of <attention(q, k, v), dO> (dO random) w.r.t. q, k, v for the dense kernel ('explicit' on
+CPU, the fused `jax.nn.dot_product_attention` on GPU, or `--dense=fused|explicit`) and for `vlm.nn.block_sparse`,
+with one [CLS] token in front of `--tokens` local tokens (8 frames x 196 patches = 1568 by default), and prints:
 
   edge ratio    dense edges / block-sparse edges (the ideal speed-up: attention work is proportional to edges),
-  speed-up      dense time / block-sparse time (medians of --steps runs after compilation),
+  speed-up      dense time / block-sparse time (medians of --runs rounds after compilation; each round runs both),
   efficiency    speed-up / edge ratio (1.0 = the sparse kernel is exactly as fast per edge as the dense one).
 
 The random pattern is drawn inside the timed function (training mode), as in a real step.
