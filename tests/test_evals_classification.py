@@ -1,4 +1,5 @@
 """Classification metrics against brute-force references, view averaging and the frame shuffle."""
+import jax.numpy as jnp
 import numpy as np
 
 from vlm.evals import classification
@@ -31,11 +32,24 @@ def test_map_matches_sorted_reference_without_ties_and_skips_empty_classes():
   assert perfect == 100.0
 
 
-def test_frame_permutations_shuffle_every_view_and_metrics_suffix():
-  perms = classification.frame_permutations(12, 8, seed=0)
-  assert perms.shape == (12, 8)
-  assert all(sorted(p) == list(range(8)) and list(p) != list(range(8)) for p in perms)
-  np.testing.assert_array_equal(perms, classification.frame_permutations(12, 8, seed=0))
+def test_frame_permutations_shuffle_every_clip_and_metrics_suffix():
+  perms = classification.frame_permutations(np.random.default_rng(0), (64, 3), 4)
+  assert perms.shape == (64, 3, 4) and perms.dtype == np.int32
+  flat = perms.reshape(-1, 4)
+  assert all(sorted(p) == [0, 1, 2, 3] and list(p) != [0, 1, 2, 3] for p in flat)
+  # Every clip draws its own order: with 23 non-identity orders of 4 frames, 192 draws cover most of them.
+  assert len({tuple(p) for p in flat}) >= 20
+  np.testing.assert_array_equal(perms, classification.frame_permutations(np.random.default_rng(0), (64, 3), 4))
+  assert classification.frame_permutations(np.random.default_rng(0), (5, 1), 1).tolist() == [[[0]]] * 5
+  in_order = classification.frame_orders(None, (2, 3, 4, 8, 8, 3))
+  np.testing.assert_array_equal(in_order, np.broadcast_to(np.arange(4), (2, 3, 4)))
+  # permute_frames puts frame perm[b, v, i] at position i of clip (b, v).
+  video = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4, 1, 1, 1) * jnp.ones((1, 1, 1, 2, 2, 3))
+  perm = classification.frame_permutations(np.random.default_rng(1), (2, 3), 4)
+  out = np.asarray(classification.permute_frames(video, jnp.asarray(perm)))
+  for b in range(2):
+    for v in range(3):
+      np.testing.assert_array_equal(out[b, v, :, 0, 0, 0], (b * 3 + v) * 4 + perm[b, v])
   scores = np.eye(3)[[0, 1, 2, 0]]
   out = classification.Evaluator.metrics(scores, np.array([0, 1, 2, 1]), suffix="_x")
   assert out["top1_x"] == 75.0 and set(out) == {"top1_x", "top5_x", "mAP_x"}

@@ -5,7 +5,7 @@ Each test video comes as V views (temporal clips x spatial crops: `input.num_cli
 softmax probabilities (`average='probs'`) and scores the average.
 
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` every view is also evaluated with its frames in a
-random order (one fixed permutation per view, seeded), and the metrics come back twice, the second set suffixed
+random order (every clip and view its own permutation, never the identity, from a seeded stream), and the metrics come back twice, the second set suffixed
 `_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled. A model that reads motion loses accuracy; a
 bag-of-frames model does not.
 
@@ -61,16 +61,33 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
   return float(100.0 * np.mean(aps)) if aps else 0.0
 
 
-def frame_permutations(num_views: int, num_frames: int, seed: int) -> np.ndarray:
-  """[V, F] fixed random frame orders (never the identity when F > 1)."""
-  rng = np.random.default_rng(seed)
-  perms = []
-  for _ in range(num_views):
-    p = rng.permutation(num_frames)
-    while num_frames > 1 and np.array_equal(p, np.arange(num_frames)):
-      p = rng.permutation(num_frames)
-    perms.append(p)
-  return np.stack(perms)
+def frame_permutations(rng: np.random.Generator, batch_shape: tuple[int, ...], num_frames: int) -> np.ndarray:
+  """[*batch_shape, F] int32 random frame orders, one per clip (and view), never the identity when F > 1.
+
+  Why one per clip: a single fixed order shared by every clip can keep much of the temporal order (e.g. [2, 0, 1,
+  3] for F = 4 still runs forwards overall), so a probe with it under-states what a model reads from order.
+  """
+  base = np.broadcast_to(np.arange(num_frames, dtype=np.int32), tuple(batch_shape) + (num_frames,))
+  perms = rng.permuted(base, axis=-1)
+  if num_frames > 1:
+    flat = perms.reshape(-1, num_frames)
+    while (same := np.all(flat == np.arange(num_frames), axis=-1)).any():
+      flat[same] = rng.permuted(flat[same], axis=-1)
+  return perms
+
+
+def permute_frames(video: jax.Array, perm: jax.Array) -> jax.Array:
+  """video [B, V, F, ...] with each clip's frames in the order perm [B, V, F] gives."""
+  index = perm.reshape(perm.shape + (1,) * (video.ndim - 3))
+  return jnp.take_along_axis(video, index, axis=2)
+
+
+def frame_orders(rng: np.random.Generator | None, video_shape: tuple[int, ...]) -> np.ndarray:
+  """[B, V, F] frame orders for a [B, V, F, ...] batch: shuffled per clip with `rng`, else in order."""
+  b, v, f = video_shape[:3]
+  if rng is None:
+    return np.broadcast_to(np.arange(f, dtype=np.int32), (b, v, f))
+  return frame_permutations(rng, (b, v), f)
 
 
 class Evaluator:
@@ -91,9 +108,9 @@ class Evaluator:
     self._scores = jax.jit(self._scores_fn)
 
   def _scores_fn(self, variables, video, perm):
-    """video [B, V, F, H, W, 3], perm [V, F] -> view-averaged scores [B, C]."""
+    """video [B, V, F, H, W, 3], perm [B, V, F] -> view-averaged scores [B, C]."""
     b, v, f = video.shape[:3]
-    video = jnp.take_along_axis(video, perm[None, :, :, None, None, None], axis=2)
+    video = permute_frames(video, perm)
     flat = video.reshape((b * v,) + video.shape[2:])
     logits = self.task.predict_logits(variables, {"video": flat}, head=self.head).reshape(b, v, -1)
     if self.average == "probs":
@@ -102,12 +119,12 @@ class Evaluator:
 
   def _collect(self, variables, shuffle: bool):
     from vlm.evals import common  # pylint: disable=g-import-not-at-top
-    seed = int(self.eval_cfg.get("shuffle_seed", 0))
+    # One seeded stream of orders, drawn batch by batch in the same sequence on every host.
+    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
 
     def fn(g):
-      v, f = g["video"].shape[1:3]
-      perm = frame_permutations(v, f, seed) if shuffle else np.tile(np.arange(f), (v, 1))
-      return {"scores": self._scores(variables, g["video"], jnp.asarray(perm, jnp.int32))}
+      perm = frame_orders(rng, g["video"].shape)
+      return {"scores": self._scores(variables, g["video"], jnp.asarray(perm))}
 
     out = common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video",),
                          keep=("label", "labels"),

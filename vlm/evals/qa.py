@@ -103,15 +103,15 @@ class Evaluator:
     self._scores = jax.jit(self.task.answer_scores)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    seed = int(self.eval_cfg.get("shuffle_seed", 0))
+    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
     chunk = int(self.eval_cfg.get("candidate_batch", 64) or 64)
     c = len(self.answers)
 
     def fn(g):
       video = g["video"]  # [B, V, F, H, W, 3]: views are scored separately and their scores averaged
       b, v, f = video.shape[:3]
-      perm = classification.frame_permutations(1, f, seed)[0] if shuffle else np.arange(f)
-      video = video[:, :, jnp.asarray(perm)].reshape((b * v,) + video.shape[2:])
+      video = classification.permute_frames(video, jnp.asarray(classification.frame_orders(rng, video.shape)))
+      video = video.reshape((b * v,) + video.shape[2:])
       question, qmask = (jnp.repeat(g[k], v, axis=0) for k in ("question", "question_mask"))
       parts = []
       for s in range(0, c, chunk):

@@ -11,7 +11,7 @@ others by that score; the rest keep their similarity order. Both rankings are re
 and the re-ranked metrics without prefix. The release re-ranks the top 128 (`k_test`).
 
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` the whole evaluation runs again with the frames
-of every clip in a fixed random order; `<recall>_shuffled` and `<recall>_shuffle_drop` (plain - shuffled) of the
+of every clip in a random order of its own (a seeded stream; never the identity); `<recall>_shuffled` and `<recall>_shuffle_drop` (plain - shuffled) of the
 final ranking's R@k and R_mean report how much the model relies on frame order.
 
 Config (`config.evals.<name>`):
@@ -115,9 +115,9 @@ class Evaluator:
     self._match = jax.jit(self._match_fn)
 
   def _embed_fn(self, variables, video, text, text_mask, perm):
-    """video [B, V, F, H, W, 3] (frames reordered by perm [F]) -> per-video and per-caption outputs."""
+    """video [B, V, F, H, W, 3] (frames reordered by perm [B, V, F]) -> per-video and per-caption outputs."""
     b, v = video.shape[:2]
-    video = video[:, :, perm]
+    video = classification.permute_frames(video, perm)
     flat = video.reshape((b * v,) + video.shape[2:])
     text, text_mask = _first_caption(text), _first_caption(text_mask)
     out = {}
@@ -138,12 +138,11 @@ class Evaluator:
     return self.task.match_scores(variables, hidden, text_mask, video_tokens)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    seed = int(self.eval_cfg.get("shuffle_seed", 0))
+    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
 
     def fn(g):
-      f = g["video"].shape[2]
-      perm = classification.frame_permutations(1, f, seed)[0] if shuffle else np.arange(f)
-      return self._embed(variables, g["video"], g["text"], g["text_mask"], jnp.asarray(perm, jnp.int32))
+      perm = classification.frame_orders(rng, g["video"].shape)
+      return self._embed(variables, g["video"], g["text"], g["text_mask"], jnp.asarray(perm))
 
     return common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video", "text", "text_mask"),
                           max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
