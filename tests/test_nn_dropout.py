@@ -61,3 +61,16 @@ def test_dropout_errors():
     dropout_lib.keep_mask(jax.random.PRNGKey(0), (4,), 1.0)
   with pytest.raises(ValueError, match="needs a random key"):
     dropout_lib.dropout(jnp.ones(3), 0.1, None, deterministic=False)
+
+
+def test_keep_mask_is_the_same_however_it_is_sharded():
+  # The hash reads each element's global index, so a mask built under jit with its output sharded over the 8 fake
+  # devices (batch and head axes split) equals the mask built on one device.
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  key, shape = jax.random.PRNGKey(5), (8, 4, 33, 35)
+  whole = np.asarray(dropout_lib.keep_mask(key, shape, 0.1))
+  mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "model"))
+  sharded = jax.jit(lambda k: dropout_lib.keep_mask(k, shape, 0.1),
+                    out_shardings=NamedSharding(mesh, P("data", "model")))(key)
+  assert len(sharded.sharding.device_set) == 8
+  np.testing.assert_array_equal(np.asarray(sharded), whole)
