@@ -5,9 +5,9 @@ Each test video comes as V views (temporal clips x spatial crops: `input.num_cli
 softmax probabilities (`average='probs'`) and scores the average.
 
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` every view is also evaluated with its frames in a
-random order (every clip and view its own permutation, never the identity, from a seeded stream), and the metrics come back twice, the second set suffixed
-`_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled. A model that reads motion loses accuracy; a
-bag-of-frames model does not.
+random order (every clip and view its own permutation, never the identity, from a seeded stream), and the metrics
+come back twice, the second set suffixed `_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled. A model that
+reads motion loses accuracy; a bag-of-frames model does not.
 
 Config (`config.evals.<name>`):
   type: 'classification'.

@@ -11,8 +11,9 @@ others by that score; the rest keep their similarity order. Both rankings are re
 and the re-ranked metrics without prefix. The release re-ranks the top 128 (`k_test`).
 
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` the whole evaluation runs again with the frames
-of every clip in a random order of its own (a seeded stream; never the identity); `<recall>_shuffled` and `<recall>_shuffle_drop` (plain - shuffled) of the
-final ranking's R@k and R_mean report how much the model relies on frame order.
+of every clip in a random order of its own (a seeded stream; never the identity); `<recall>_shuffled` and
+`<recall>_shuffle_drop` (plain - shuffled) of the final ranking's R@k and R_mean report how much the model relies on
+frame order.
 
 Config (`config.evals.<name>`):
   type: 'retrieval'.
