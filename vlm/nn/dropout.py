@@ -15,8 +15,6 @@ exact to 2**-32; survivors are scaled by 1 / (1 - rate), as in flax.
 """
 from __future__ import annotations
 
-import math
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -41,14 +39,13 @@ def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
   # Counter = (index along axis 0, flat index within the rest). The second stays below 2**32 for any real
   # activation (it is one example's size); the first enters after one mixing round, so global arrays larger than
   # 2**32 elements (a pod's batch of attention maps) never repeat a mask.
-  lead = shape[:1] or (1,)
-  rest = shape[1:]
-  inner = jnp.zeros(lead + rest, jnp.uint32)
+  full = shape or (1,)  # a scalar mask is hashed as one element
+  inner = jnp.zeros(full, jnp.uint32)
   stride = 1
-  for axis in range(len(lead + rest) - 1, 0, -1):
-    inner = inner + jax.lax.broadcasted_iota(jnp.uint32, lead + rest, axis) * jnp.uint32(stride % 2 ** 32)
-    stride *= (lead + rest)[axis]
-  outer = jax.lax.broadcasted_iota(jnp.uint32, lead + rest, 0)
+  for axis in range(len(full) - 1, 0, -1):
+    inner = inner + jax.lax.broadcasted_iota(jnp.uint32, full, axis) * jnp.uint32(stride % 2 ** 32)
+    stride *= full[axis]
+  outer = jax.lax.broadcasted_iota(jnp.uint32, full, 0)
   h = _fmix32(inner ^ seeds[0]) + outer * jnp.uint32(0x9E3779B9)  # odd multiplier: rows get distinct offsets
   h = _fmix32(h ^ seeds[1])
   threshold = np.uint32(min(round((1.0 - rate) * 2 ** 32), 2 ** 32 - 1))
