@@ -1,5 +1,6 @@
 """Classification metrics against brute-force references, view averaging and the frame shuffle."""
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vlm.evals import classification
@@ -41,8 +42,12 @@ def test_frame_permutations_shuffle_every_clip_and_metrics_suffix():
   assert len({tuple(p) for p in flat}) >= 20
   np.testing.assert_array_equal(perms, classification.frame_permutations(np.random.default_rng(0), (64, 3), 4))
   assert classification.frame_permutations(np.random.default_rng(0), (5, 1), 1).tolist() == [[[0]]] * 5
-  in_order = classification.frame_orders(None, (2, 3, 4, 8, 8, 3))
+  cfg = ml_collections.ConfigDict({"shuffle_seed": 0})
+  in_order = classification.frame_orders(cfg, shuffle=False)((2, 3, 4, 8, 8, 3))
   np.testing.assert_array_equal(in_order, np.broadcast_to(np.arange(4), (2, 3, 4)))
+  stream = classification.frame_orders(cfg, shuffle=True)  # seeded: the same orders as the generator it wraps
+  np.testing.assert_array_equal(stream((64, 3, 4)), perms)
+  assert not np.array_equal(stream((64, 3, 4)), perms)  # the next batch draws fresh orders
   # permute_frames puts frame perm[b, v, i] at position i of clip (b, v).
   video = jnp.arange(2 * 3 * 4, dtype=jnp.float32).reshape(2, 3, 4, 1, 1, 1) * jnp.ones((1, 1, 1, 2, 2, 3))
   perm = classification.frame_permutations(np.random.default_rng(1), (2, 3), 4)

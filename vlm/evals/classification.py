@@ -25,7 +25,7 @@ classes that have a positive (the Charades protocol). Single-label runs report i
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
@@ -82,12 +82,19 @@ def permute_frames(video: jax.Array, perm: jax.Array) -> jax.Array:
   return jnp.take_along_axis(video, index, axis=2)
 
 
-def frame_orders(rng: np.random.Generator | None, video_shape: tuple[int, ...]) -> np.ndarray:
-  """[B, V, F] frame orders for a [B, V, F, ...] batch: shuffled per clip with `rng`, else in order."""
-  b, v, f = video_shape[:3]
-  if rng is None:
-    return np.broadcast_to(np.arange(f, dtype=np.int32), (b, v, f))
-  return frame_permutations(rng, (b, v), f)
+def frame_orders(eval_cfg: ml_collections.ConfigDict, shuffle: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
+  """A function from a [B, V, F, ...] batch shape to its [B, V, F] frame orders: in order, or with `shuffle`
+  one random order per clip from a stream seeded by `eval_cfg.shuffle_seed` (drawn batch by batch, in the same
+  sequence on every host)."""
+  rng = np.random.default_rng(int(eval_cfg.get("shuffle_seed", 0))) if shuffle else None
+
+  def orders(video_shape: tuple[int, ...]) -> np.ndarray:
+    b, v, f = video_shape[:3]
+    if rng is None:
+      return np.broadcast_to(np.arange(f, dtype=np.int32), (b, v, f))
+    return frame_permutations(rng, (b, v), f)
+
+  return orders
 
 
 class Evaluator:
@@ -119,11 +126,10 @@ class Evaluator:
 
   def _collect(self, variables, shuffle: bool):
     from vlm.evals import common  # pylint: disable=g-import-not-at-top
-    # One seeded stream of orders, drawn batch by batch in the same sequence on every host.
-    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
+    orders = frame_orders(self.eval_cfg, shuffle)
 
     def fn(g):
-      perm = frame_orders(rng, g["video"].shape)
+      perm = orders(g["video"].shape)
       return {"scores": self._scores(variables, g["video"], jnp.asarray(perm))}
 
     out = common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video",),

@@ -103,14 +103,14 @@ class Evaluator:
     self._scores = jax.jit(self.task.answer_scores)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
+    orders = classification.frame_orders(self.eval_cfg, shuffle)
     chunk = int(self.eval_cfg.get("candidate_batch", 64) or 64)
     c = len(self.answers)
 
     def fn(g):
       video = g["video"]  # [B, V, F, H, W, 3]: views are scored separately and their scores averaged
       b, v, f = video.shape[:3]
-      video = classification.permute_frames(video, jnp.asarray(classification.frame_orders(rng, video.shape)))
+      video = classification.permute_frames(video, jnp.asarray(orders(video.shape)))
       video = video.reshape((b * v,) + video.shape[2:])
       question, qmask = (jnp.repeat(g[k], v, axis=0) for k in ("question", "question_mask"))
       parts = []

@@ -139,10 +139,10 @@ class Evaluator:
     return self.task.match_scores(variables, hidden, text_mask, video_tokens)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(int(self.eval_cfg.get("shuffle_seed", 0))) if shuffle else None
+    orders = classification.frame_orders(self.eval_cfg, shuffle)
 
     def fn(g):
-      perm = classification.frame_orders(rng, g["video"].shape)
+      perm = orders(g["video"].shape)
       return self._embed(variables, g["video"], g["text"], g["text_mask"], jnp.asarray(perm))
 
     return common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video", "text", "text_mask"),
