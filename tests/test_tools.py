@@ -24,18 +24,25 @@ def test_inspect_tiny_vatt():
 def test_inspect_flops_and_bench_on_toy_task():
   config = config_lib.load_config(os.path.join(ROOT, "tests/toy_task.py:steps=3,evals=false"))
   report = inspect_tool.inspect(config)
-  assert report["forward_flops_per_example"] > 0
-  assert report["train_step_flops_per_example"] > report["forward_flops_per_example"]
+  # Toy model: Dense 16 -> 32, ReLU, Dense 32 -> 4. Its two matmuls are 2 (16 * 32 + 32 * 4) = 1280 FLOPs per
+  # example; normalisation, softmax and loss add a few hundred. On the 8-device mesh XLA's cost analysis sees one
+  # device's share, which inspect scales back up (it read 1/8 of this before).
+  assert 1280 <= report["forward_flops_per_example"] <= 3 * 1280, report["forward_flops_per_example"]
+  assert report["train_step_flops_per_example"] > 2 * report["forward_flops_per_example"]
   result = bench.bench(config, steps=5, warmup=1)
+  # The whole step, not one device's eighth: at least the forward and input-side backward matmuls of 16 examples.
+  assert result["model_flops_per_step"] >= config.input.batch_size * 2 * 1280
   assert len(result["step_seconds_all"]) == 5
   assert result["model_flops_per_step"] > 0 and result["peak_flops_per_s"] > 0
   # MFU pairs each step with the peak read right after it; the conservative figure uses the best peak read.
   assert len(result["peak_flops_per_s_all"]) == 5
-  per_step = [result["model_flops_per_step"] / t / p
+  # The step runs on every device of the mesh (8 here): FLOPs are the whole step's, the peak is one device's.
+  assert result["devices"] == 8
+  per_step = [result["model_flops_per_step"] / t / (8 * p)
               for t, p in zip(result["step_seconds_all"], result["peak_flops_per_s_all"])]
   np.testing.assert_allclose(result["mfu"], np.median(per_step), rtol=1e-6)
   np.testing.assert_allclose(result["mfu_vs_best_peak"], result["model_flops_per_step"]
-                             / result["step_seconds_median"] / max(result["peak_flops_per_s_all"]), rtol=1e-6)
+                             / result["step_seconds_median"] / (8 * max(result["peak_flops_per_s_all"])), rtol=1e-6)
   assert result["mfu_vs_best_peak"] <= max(per_step) + 1e-12
   assert result["examples_per_s"] == config.input.batch_size / result["step_seconds_median"]
   # A baseline doing twice the FLOPs in three times the time: 2x FLOPs, 3x time, 1.5x better than the FLOPs say.

@@ -9,9 +9,10 @@ Steps:
      `--steps` times (median, at least 5);
   2. peak: after every timed step, the FLOP/s of a large matmul on this device (median of 5 runs; 2048^2 float32
      on CPU, 8192^2 bfloat16 on accelerators, or --peak_dtype / --peak_n);
-  3. model FLOPs of one step from XLA's cost analysis of the compiled step;
+  3. model FLOPs of one step from XLA's cost analysis of the compiled step (one device's program times the
+     number of devices in the mesh);
   4. examples/s, achieved FLOP/s = FLOPs / median step time, and MFU: the median over the timed steps of
-     (FLOPs / that step's time) / (the peak measured right after it). Step and peak take turns so that both see
+     (FLOPs / that step's time) / (the peak measured right after it, times the number of devices). Step and peak take turns so that both see
      the same machine: on a shared 2-core VM the matmul rate moved between 78 and 169 GFLOP/s within one minute,
      and a peak taken once before (or the best of before and after) paired a step with a machine state it never
      ran in. `mfu_vs_best_peak` (achieved / the highest peak read) is the conservative bound, also printed.
@@ -139,7 +140,8 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    flops = common.cost_flops(compiled)
+    devices = setup.mesh.size
+    flops = common.cost_flops(compiled) * devices  # the whole step: one device's program x devices
     holder = {"state": state}
 
     def run():
@@ -167,10 +169,11 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
       "model_flops_per_step": flops,
       "achieved_flops_per_s": achieved,
       "peak_matmul": meter.name,
-      "peak_flops_per_s": statistics.median(peaks),
+      "devices": devices,
+      "peak_flops_per_s": statistics.median(peaks),  # one device
       "peak_flops_per_s_all": peaks,
-      "mfu": statistics.median(flops / t / p for t, p in zip(times, peaks)),
-      "mfu_vs_best_peak": achieved / max(peaks),
+      "mfu": statistics.median(flops / t / (p * devices) for t, p in zip(times, peaks)),
+      "mfu_vs_best_peak": achieved / (max(peaks) * devices),
   }
 
 
@@ -188,8 +191,10 @@ def _print_report(report: dict[str, Any]) -> None:
         f"over {len(report['step_seconds_all'])} steps -> {report['examples_per_s']:.2f} examples/s")
   print(f"model FLOPs per step (XLA cost analysis): {report['model_flops_per_step'] / 1e9:.2f} GFLOP")
   peaks = [p / 1e9 for p in report["peak_flops_per_s_all"]]
+  per_device = f" per device, x{report['devices']}" if report["devices"] > 1 else ""
   print(f"achieved {report['achieved_flops_per_s'] / 1e9:.1f} GFLOP/s; peak ({report['peak_matmul']} matmul after "
-        f"each step) median {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (range {min(peaks):.1f}-{max(peaks):.1f})")
+        f"each step) median {report['peak_flops_per_s'] / 1e9:.1f} GFLOP/s (range {min(peaks):.1f}-{max(peaks):.1f})"
+        f"{per_device}")
   print(f"MFU {report['mfu']:.3f} (median over steps of step FLOP/s / the peak read after it); "
         f"against the best peak read: {report['mfu_vs_best_peak']:.3f}")
 

@@ -18,7 +18,12 @@ JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables
 
 
 def cost_flops(compiled) -> float:
-  """Total FLOPs of a compiled computation according to XLA's cost analysis (summed over devices)."""
+  """FLOPs of one device's program in a compiled computation, from XLA's cost analysis.
+
+  XLA analyses the partitioned (SPMD) program that each device runs: a matmul whose batch is sharded over 8
+  devices reports 1/8 of its FLOPs. Multiply by the mesh size for the whole computation (`vlm.tools.inspect` and
+  `vlm.tools.bench` do); work every device repeats (a replicated optimizer update) is then counted once per device.
+  """
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
     analysis = analysis[0] if analysis else {}
