@@ -12,10 +12,11 @@ Steps:
   3. model FLOPs of one step from XLA's cost analysis of the compiled step (one device's program times the
      number of devices in the mesh);
   4. examples/s, achieved FLOP/s = FLOPs / median step time, and MFU: the median over the timed steps of
-     (FLOPs / that step's time) / (the peak measured right after it, times the number of devices). Step and peak take turns so that both see
-     the same machine: on a shared 2-core VM the matmul rate moved between 78 and 169 GFLOP/s within one minute,
-     and a peak taken once before (or the best of before and after) paired a step with a machine state it never
-     ran in. `mfu_vs_best_peak` (achieved / the highest peak read) is the conservative bound, also printed.
+     (FLOPs / that step's time) / (the peak measured right after it x the number of devices). Step and peak take
+     turns so that both see the same machine: on a shared 2-core VM the matmul rate moved between 78 and 169
+     GFLOP/s within one minute, and a peak taken once before (or the best of before and after) paired a step with
+     a machine state it never ran in. `mfu_vs_best_peak` (achieved / the highest peak read) is the conservative
+     bound, also printed.
 
 Memory allocator (CPU): XLA:CPU allocates and frees hundreds of MB per step; under glibc malloc that memory goes
 back to the kernel and is faulted in again (a third of the VATT-B step was system time here). Preloading
