@@ -9,8 +9,7 @@ Steps:
      `--steps` times (median, at least 5);
   2. peak: after every timed step, the FLOP/s of a large matmul on this device (median of 5 runs; 2048^2 float32
      on CPU, 8192^2 bfloat16 on accelerators, or --peak_dtype / --peak_n);
-  3. model FLOPs of one step from XLA's cost analysis of the compiled step (one device's program times the
-     number of devices in the mesh);
+  3. model FLOPs of one step from XLA's cost analysis of the compiled step (all devices: `common.cost_flops`);
   4. examples/s, achieved FLOP/s = FLOPs / median step time, and MFU: the median over the timed steps of
      (FLOPs / that step's time) / (the peak measured right after it x the number of devices). Step and peak take
      turns so that both see the same machine: on a shared 2-core VM the matmul rate moved between 78 and 169
@@ -141,8 +140,8 @@ def bench(config, *, steps: int = 7, warmup: int = 2, objective: str | None = No
     start = time.perf_counter()
     compiled = jitted.lower(state, batch).compile()
     compile_s = time.perf_counter() - start
-    devices = setup.mesh.size
-    flops = common.cost_flops(compiled) * devices  # the whole step: one device's program x devices
+    flops = common.cost_flops(compiled)  # the whole step, every device's share
+    devices = setup.mesh.size  # the MFU denominator is the per-device peak times this
     holder = {"state": state}
 
     def run():

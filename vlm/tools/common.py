@@ -18,16 +18,18 @@ JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of tables
 
 
 def cost_flops(compiled) -> float:
-  """FLOPs of one device's program in a compiled computation, from XLA's cost analysis.
+  """FLOPs of a compiled computation over all the devices it runs on, from XLA's cost analysis.
 
   XLA analyses the partitioned (SPMD) program that each device runs: a matmul whose batch is sharded over 8
-  devices reports 1/8 of its FLOPs. Multiply by the mesh size for the whole computation (`vlm.tools.inspect` and
-  `vlm.tools.bench` do); work every device repeats (a replicated optimizer update) is then counted once per device.
+  devices reports 1/8 of its FLOPs. So the per-device count is multiplied by the number of devices in the
+  computation (read from its input shardings); work every device repeats (a replicated optimizer update) is thus
+  counted once per device.
   """
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):  # older jax returned one dict per device
     analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", 0.0))
+  devices = max((len(s.device_set) for s in jax.tree.leaves(compiled.input_shardings)), default=1)
+  return float((analysis or {}).get("flops", 0.0)) * devices
 
 
 def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

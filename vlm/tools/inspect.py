@@ -55,9 +55,8 @@ def flops_per_example(config, task, setup, var_spec, state_spec) -> dict[str, fl
     train_step = step_lib.make_train_step(task, state_spec.tx, state_spec.schedule, int(config.get("seed", 0)))
     jitted = step_lib.jit_train_step(train_step, state_spec.shardings, setup.batch_sharding, setup.mesh)
     step = jitted.lower(abstract, batch).compile()
-  devices = setup.mesh.size  # cost analysis counts one device's share (common.cost_flops)
-  return {"forward_flops_per_example": common.cost_flops(fwd) * devices / n,
-          "train_step_flops_per_example": common.cost_flops(step) * devices / n,
+  return {"forward_flops_per_example": common.cost_flops(fwd) / n,
+          "train_step_flops_per_example": common.cost_flops(step) / n,
           "flops_batch": n}
 
 
