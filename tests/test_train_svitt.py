@@ -39,6 +39,8 @@ def test_pretrain_retrieval_then_qa_from_the_checkpoint(tmp_path):
   assert results["eval/retrieval/num_pairs"] == 32
   for key in ("t2v_R@1", "vtc_t2v_R@1", "v2t_R@5", "t2v_R_mean", "t2v_R@1_shuffled", "t2v_R@1_shuffle_drop"):
     assert 0.0 <= results[f"eval/retrieval/{key}"] + (100 if "drop" in key else 0) <= 200, key
+  for key in ("t2v_R_mean_shuffle_drop_se", "v2t_R@1_shuffle_drop_se"):  # paired SE over 32 queries
+    assert 0.0 <= results[f"eval/retrieval/{key}"] <= 100.0 / 31 ** 0.5, key
   # Re-ranking only reorders the top 4: recall at 10 and 5 (beyond k) equals the first stage's at k >= 4.
   assert results["eval/retrieval/t2v_R@5"] == results["eval/retrieval/vtc_t2v_R@5"]
   rows = metrics_lib.read_jsonl(os.path.join(pre, "metrics.jsonl"))
@@ -50,6 +52,7 @@ def test_pretrain_retrieval_then_qa_from_the_checkpoint(tmp_path):
   for key in ("accuracy", "accuracy_shuffled", "majority_accuracy"):
     assert 0.0 <= results[f"eval/qa/{key}"] <= 100.0
   assert results["eval/qa/majority_accuracy"] >= 100.0 / 18
+  assert 0.0 <= results["eval/qa/accuracy_shuffle_drop_se"] <= 100.0 / 31 ** 0.5
   groups = [k for k in results if k.startswith("eval/qa/accuracy/")]  # the built-in dataset's question kinds
   assert groups and all(k[len("eval/qa/accuracy/"):] in ("direction", "speed", "shape", "colour", "count",
                                                          "yes/no") for k in groups), groups

@@ -6,7 +6,8 @@ softmax probabilities (`average='probs'`) and scores the average.
 
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` every view is also evaluated with its frames in a
 random order (every clip and view its own permutation, never the identity, from a seeded stream), and the metrics
-come back twice, the second set suffixed `_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled. A model that
+come back twice, the second set suffixed `_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled (and, for
+single-label top-k, its paired standard error `top<k>_shuffle_drop_se`: `common.paired_drop`). A model that
 reads motion loses accuracy; a bag-of-frames model does not.
 
 Config (`config.evals.<name>`):
@@ -33,13 +34,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm.evals import common
 
-def topk_accuracy(scores: np.ndarray, label: np.ndarray, k: int) -> float:
-  """Percent of rows whose label is among the k highest scores (ties pessimistic)."""
+
+def topk_hits(scores: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
+  """[N] bool: whether each row's label is among its k highest scores (ties pessimistic)."""
   scores = np.asarray(scores, np.float64)
   target = scores[np.arange(len(label)), label][:, None]
   above = (scores > target).sum(1) + ((scores == target).sum(1) - 1)
-  return float(100.0 * np.mean(above < k))
+  return above < k
+
+
+def topk_accuracy(scores: np.ndarray, label: np.ndarray, k: int) -> float:
+  """Percent of rows whose label is among the k highest scores (ties pessimistic)."""
+  return float(100.0 * np.mean(topk_hits(scores, label, k)))
 
 
 def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -125,7 +133,6 @@ class Evaluator:
     return logits.mean(axis=1)
 
   def _collect(self, variables, shuffle: bool):
-    from vlm.evals import common  # pylint: disable=g-import-not-at-top
     orders = frame_orders(self.eval_cfg, shuffle)
 
     def fn(g):
@@ -155,9 +162,15 @@ class Evaluator:
     scores, labels = self._collect(variables, shuffle=False)
     metrics = self.metrics(scores, labels)
     if self.eval_cfg.get("shuffle_frames", False):
-      shuffled = self.metrics(*self._collect(variables, shuffle=True), suffix="_shuffled")
+      shuffled_scores, _ = self._collect(variables, shuffle=True)
+      shuffled = self.metrics(shuffled_scores, labels, suffix="_shuffled")
       for name in list(metrics):
         metrics[f"{name}_shuffle_drop"] = metrics[name] - shuffled[f"{name}_shuffled"]
+      if labels.ndim == 1:  # per-example hits: the paired standard error of the top-k drops
+        for k in (1, 5):
+          k_eff = min(k, scores.shape[1])
+          _, metrics[f"top{k}_shuffle_drop_se"] = common.paired_drop(
+              topk_hits(scores, labels, k_eff), topk_hits(shuffled_scores, labels, k_eff))
       metrics.update(shuffled)
     metrics["num_examples"] = float(len(scores))
     metrics["chance_top1"] = 100.0 / scores.shape[1]

@@ -13,6 +13,31 @@ def as_views(video: np.ndarray) -> np.ndarray:
   return video[:, None] if video.ndim == 5 else video
 
 
+def paired_drop(plain: np.ndarray, shuffled: np.ndarray) -> tuple[float, float]:
+  """The shuffled-frame probe's drop and its standard error, from per-example scores of the same examples.
+
+  Why: a drop of a point or two on a few hundred questions is within sampling noise (table A8's own drops are
+  0.0 to 3.5), so every probe reports the drop with its paired standard error; a drop is shown when it is a few
+  standard errors above zero.
+
+  Args:
+    plain, shuffled: [N] per-example scores in [0, 1] (1 = correct, or a query's hit rate), frames in order and
+      shuffled, example i the same in both.
+
+  Returns:
+    (100 * mean(plain - shuffled), 100 * std(plain - shuffled) / sqrt(N)), in points; SE 0 for N < 2.
+  """
+  plain, shuffled = np.asarray(plain, np.float64), np.asarray(shuffled, np.float64)
+  if plain.shape != shuffled.shape or plain.ndim != 1:
+    raise ValueError(f"paired_drop needs two [N] arrays of the same examples; got {plain.shape} and "
+                     f"{shuffled.shape}.")
+  if not plain.size:
+    return 0.0, 0.0
+  diff = plain - shuffled
+  se = float(100.0 * diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+  return float(100.0 * diff.mean()), se
+
+
 def collect(config: ml_collections.ConfigDict, input_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
             fn: Callable[[dict[str, jax.Array]], dict[str, jax.Array]], keys: Sequence[str],
             keep: Sequence[str] = (), max_examples: int = 0) -> dict[str, np.ndarray]:

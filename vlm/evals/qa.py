@@ -17,11 +17,12 @@ Config (`config.evals.<name>`):
     only 'direction' needs the frame order), {} turns them off.
   candidate_batch [64]: candidates scored per call.
   shuffle_frames [False], shuffle_seed [0]: the shuffled-frame probe (SViTT table A8): `accuracy_shuffled`,
-    `accuracy_shuffle_drop`.
+    `accuracy_shuffle_drop` and its paired standard error `accuracy_shuffle_drop_se` (`common.paired_drop`).
   max_examples [0 = all].
 
 Metrics: accuracy (percent) and accuracy/<group>, majority_accuracy (always answering the test split's most
-frequent answer), num_examples; with the probe accuracy_shuffled[/<group>] and accuracy_shuffle_drop[/<group>].
+frequent answer), num_examples; with the probe accuracy_shuffled[/<group>], accuracy_shuffle_drop[/<group>] and
+accuracy_shuffle_drop_se[/<group>].
 """
 from __future__ import annotations
 
@@ -79,12 +80,20 @@ def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], group
   """Percent of questions whose best-scoring candidate (scores [Q, C]) is the true one (gt [Q]): overall as
   `accuracy`, and per group of true answers as `accuracy/<group>` (groups with no question are left out)."""
   correct = np.argmax(scores, axis=1) == gt
-  out = {"accuracy": float(100.0 * correct.mean()) if gt.size else 0.0}
+  return {name: float(100.0 * correct[sel].mean()) if gt.size else 0.0
+          for name, sel in question_sets(gt, answers, groups).items()}
+
+
+def question_sets(gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]]
+                  ) -> dict[str, np.ndarray]:
+  """{metric name: [Q] bool}: every question as `accuracy`, and `accuracy/<group>` for each group of true
+  answers that has a question."""
+  sets = {"accuracy": np.ones(gt.shape, bool)}
   for name, members in groups.items():
     in_group = np.isin(gt, [answers.index(a) for a in members])
     if in_group.any():
-      out[f"accuracy/{name}"] = float(100.0 * correct[in_group].mean())
-  return out
+      sets[f"accuracy/{name}"] = in_group
+  return sets
 
 
 class Evaluator:
@@ -139,10 +148,15 @@ class Evaluator:
     counts = np.bincount(gt, minlength=len(self.answers))
     metrics["majority_accuracy"] = float(100.0 * counts.max() / max(gt.size, 1))
     if self.eval_cfg.get("shuffle_frames", False):
-      shuffled = accuracies(self._collect(variables, shuffle=True)["scores"], gt, self.answers, self.groups)
-      for k in [k for k in metrics if k.startswith("accuracy")]:
-        metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
-        metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = metrics[k] - shuffled[k]
+      shuffled_scores = self._collect(variables, shuffle=True)["scores"]
+      correct = np.argmax(out["scores"], axis=1) == gt
+      correct_shuffled = np.argmax(shuffled_scores, axis=1) == gt
+      for k, sel in question_sets(gt, self.answers, self.groups).items():
+        drop, se = common.paired_drop(correct[sel], correct_shuffled[sel])
+        metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = (
+            float(100.0 * correct_shuffled[sel].mean()) if sel.any() else 0.0)
+        metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = drop
+        metrics[k.replace("accuracy", "accuracy_shuffle_drop_se", 1)] = se
     metrics["num_examples"] = float(gt.size)
     logging.info("qa: %d questions in %.1fs at step %d: %s", gt.size, time.time() - start, step,
                  {k: round(v, 2) for k, v in metrics.items()})

@@ -13,7 +13,8 @@ and the re-ranked metrics without prefix. The release re-ranks the top 128 (`k_t
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` the whole evaluation runs again with the frames
 of every clip in a random order of its own (a seeded stream; never the identity); `<recall>_shuffled` and
 `<recall>_shuffle_drop` (plain - shuffled) of the final ranking's R@k and R_mean report how much the model relies on
-frame order.
+frame order; `<recall>_shuffle_drop_se` is each drop's paired standard error over the queries (`common.paired_drop`;
+a query's R_mean score is the mean of its three hits).
 
 Config (`config.evals.<name>`):
   type: 'retrieval'.
@@ -162,32 +163,41 @@ class Evaluator:
       return np.concatenate(scores)
     return score
 
-  def _metrics(self, variables, out: dict[str, np.ndarray], suffix: str = "") -> dict[str, float]:
+  def _metrics(self, variables, out: dict[str, np.ndarray], suffix: str = ""
+               ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """(metrics, the final ranking's per-query ranks {'t2v_': [N], 'v2t_': [N]})."""
     sim = out["text"] @ out["video"].T  # [N_text, N_video]
     metrics = {}
     if self.rerank_k:
       score = self._score_pairs(variables, out)
       t2v = rerank(sim, self.rerank_k, score)
       v2t = rerank(sim.T, self.rerank_k, lambda q, g: score(g, q))
-      for prefix, s in (("vtc_t2v_", sim), ("vtc_v2t_", sim.T), ("t2v_", t2v), ("v2t_", v2t)):
-        metrics.update(retrieval_metrics(s, prefix=prefix))
+      metrics.update(retrieval_metrics(sim, prefix="vtc_t2v_"))
+      metrics.update(retrieval_metrics(sim.T, prefix="vtc_v2t_"))
     else:
-      metrics.update(retrieval_metrics(sim, prefix="t2v_"))
-      metrics.update(retrieval_metrics(sim.T, prefix="v2t_"))
-    return {k + suffix: v for k, v in metrics.items()}
+      t2v, v2t = sim, sim.T
+    final = {"t2v_": t2v, "v2t_": v2t}
+    for prefix, s in final.items():
+      metrics.update(retrieval_metrics(s, prefix=prefix))
+    return {k + suffix: v for k, v in metrics.items()}, {p: ranks_from_similarity(s) for p, s in final.items()}
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
     """Embeds the whole test split and returns the retrieval metrics."""
     start = time.time()
     out = self._collect(variables, shuffle=False)
     n = len(out["video"])
-    metrics = self._metrics(variables, out)
+    metrics, ranks = self._metrics(variables, out)
     if self.eval_cfg.get("shuffle_frames", False):
       # The final ranking's recalls only (not the first stage's, not the ranks): what table A8 reports.
-      shuffled = self._metrics(variables, self._collect(variables, shuffle=True), suffix="_shuffled")
+      shuffled, shuffled_ranks = self._metrics(variables, self._collect(variables, shuffle=True), suffix="_shuffled")
       for key in [k for k in metrics if k.startswith(("t2v_R", "v2t_R"))]:
         metrics[f"{key}_shuffled"] = shuffled[f"{key}_shuffled"]
         metrics[f"{key}_shuffle_drop"] = metrics[key] - shuffled[f"{key}_shuffled"]
+      for prefix in ranks:  # per-query hits -> the paired standard error of each drop
+        hits = {f"R@{k}": (ranks[prefix] < k, shuffled_ranks[prefix] < k) for k in (1, 5, 10)}
+        hits["R_mean"] = tuple(np.mean([h[i] for h in hits.values()], axis=0) for i in (0, 1))
+        for name, (plain, shuffled_hits) in hits.items():
+          _, metrics[f"{prefix}{name}_shuffle_drop_se"] = common.paired_drop(plain, shuffled_hits)
     metrics["num_pairs"] = float(n)
     metrics["chance_R@1"] = 100.0 / max(n, 1)
     logging.info("retrieval: %d pairs in %.1fs at step %d: %s", n, time.time() - start, step,
