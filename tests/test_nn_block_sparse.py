@@ -7,6 +7,7 @@ import pytest
 
 from vlm.nn import attention
 from vlm.nn import block_sparse as bs
+from vlm.nn import transformer
 
 
 def _qkv(b=2, n=1 + 37, h=2, k=8, seed=0):
@@ -121,6 +122,26 @@ def test_training_redraws_the_pattern_and_eval_is_fixed():
   b = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(6)})
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(layer.apply(params, x), layer.apply(params, x))
+
+
+def test_every_encoder_layer_evaluates_with_its_own_fixed_pattern():
+  kw = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1, eval_seed=3)
+  per_layer = [bs.layer_options(kw, i) for i in range(3)]
+  assert [o["eval_seed"] for o in per_layer] == [(3, 0), (3, 1), (3, 2)]
+  assert bs.layer_options({"implementation": "explicit"}, 1) == {"implementation": "explicit"}  # dense: as is
+  patterns = [np.asarray(bs.block_pattern(bs.eval_key(o["eval_seed"]), 10, 1, 2)) for o in per_layer]
+  assert not np.array_equal(patterns[0], patterns[1]) and not np.array_equal(patterns[1], patterns[2])
+  np.testing.assert_array_equal(patterns[0], bs.block_pattern(bs.eval_key((3, 0)), 10, 1, 2))  # fixed
+  # In an encoder: deterministic at evaluation, and not the old behaviour (layer 0's pattern in every layer).
+  make = lambda options: transformer.Encoder(num_layers=3, num_heads=2, mlp_dim=32, dropout_rate=0.0,
+                                             attention_dropout_rate=0.0, attention="block_sparse",
+                                             attention_kwargs=options)
+  x = jax.random.normal(jax.random.key(0), (2, 61, 16))
+  params = make(kw).init(jax.random.key(0), x)
+  got = make(kw).apply(params, x)[0]
+  np.testing.assert_array_equal(got, make(kw).apply(params, x)[0])
+  one_pattern = dict(kw, pattern=bs.block_pattern(bs.eval_key((3, 0)), 10, 1, 2))
+  assert not np.allclose(got, make(one_pattern).apply(params, x)[0], atol=1e-4)
 
 
 def test_space_filling_orders():

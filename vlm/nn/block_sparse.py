@@ -11,7 +11,9 @@ nblk = ceil(N / G) blocks of G tokens; each query block attends to
 and global queries attend densely to every key. One pattern serves the whole batch and every head (as the
 release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
 evaluation they come from a fixed seed, so evaluation is deterministic (DESIGN decision 3; the release redraws
-at evaluation too).
+at evaluation too). Encoders give every layer its own evaluation seed (`layer_options`: (seed, layer index)),
+so evaluation sees what training sees, independent patterns in successive layers; with one pattern shared by
+every layer a query block would reach the same few blocks in every layer.
 
 Shapes stay static: the pattern is an int [nblk, K_l + K_r] array, keys and values are gathered per query block
 ([B, nblk, (K_l + K_r) G, H, K]), so any G works and no tile size is required. Padding: N is padded with masked
@@ -34,7 +36,7 @@ block_size, local_blocks, random_blocks, num_global, eval_seed, order.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,25 @@ def check_pattern_args(nblk: int, local_blocks: int, random_blocks: int) -> None
   if local_blocks + random_blocks > nblk:
     raise ValueError(f"local_blocks + random_blocks = {local_blocks + random_blocks} exceeds the {nblk} blocks of "
                      "the sequence; lower them or the block size.")
+
+
+def layer_options(options: Mapping[str, Any] | None, layer: int) -> Mapping[str, Any] | None:
+  """An encoder's attention options for its layer `layer`: a kernel option `eval_seed` (block-sparse) becomes
+  (seed..., layer), so every layer has its own fixed evaluation pattern; other options pass unchanged."""
+  if not options or "eval_seed" not in options:
+    return options
+  seed = options["eval_seed"]
+  seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
+  return {**options, "eval_seed": seeds + (layer,)}
+
+
+def eval_key(eval_seed: int | Sequence[int]) -> jax.Array:
+  """The key of the fixed evaluation pattern: `jax.random.key(seed)`, then each further int folded in."""
+  seeds = tuple(eval_seed) if isinstance(eval_seed, (tuple, list)) else (eval_seed,)
+  key = jax.random.key(int(seeds[0]))
+  for extra in seeds[1:]:
+    key = jax.random.fold_in(key, int(extra))
+  return key
 
 
 def block_pattern(rng: jax.Array, nblk: int, local_blocks: int, random_blocks: int) -> jax.Array:
@@ -143,7 +164,8 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                            bias: jax.Array | None = None, dropout_rate: float = 0.0,
                            dropout_rng: jax.Array | None = None, deterministic: bool = True,
                            block_size: int = 56, local_blocks: int = 1, random_blocks: int = 3,
-                           num_global: int = 1, eval_seed: int = 0, order: Sequence[int] | None = None,
+                           num_global: int = 1, eval_seed: int | Sequence[int] = 0,
+                           order: Sequence[int] | None = None,
                            pattern: jax.Array | None = None) -> jax.Array:
   """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
 
@@ -156,7 +178,8 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
       random blocks are drawn from `dropout_rng` (or from `eval_seed` when it is None).
     block_size: G tokens per block; local_blocks: K_l (odd); random_blocks: K_r; num_global: leading tokens
       with dense attention both ways.
-    eval_seed: seed of the fixed pattern used at evaluation.
+    eval_seed: seed of the fixed pattern used at evaluation: an int, or ints folded in turn (`eval_key`;
+      encoders pass (seed, layer index) through `layer_options`).
     order: optional permutation of the N local tokens (`token_order`) applied before blocking.
     pattern: optional int [nblk, K_l + K_r] pattern overriding the draw (tests, analysis).
 
@@ -176,7 +199,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                                         dropout_rng=dropout_rng, deterministic=deterministic)
   if pattern is None:
     training = not deterministic and dropout_rng is not None
-    rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else jax.random.key(eval_seed)
+    rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else eval_key(eval_seed)
     pattern = block_pattern(rng, nblk, local_blocks, random_blocks)
   kb_num = pattern.shape[1]
   pad = nblk * block_size - n

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import attention as attention_lib
+from vlm.nn import block_sparse
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
 
@@ -152,8 +153,9 @@ class Encoder(nn.Module):
           metadata_params={nn.PARTITION_NAME: ax.LAYERS},
       )(name="encoderblock", **block_kwargs)(x, mask, bias, not train)
     else:
-      for i in range(self.num_layers):
-        x, _ = block(name=f"encoderblock_{i:02d}", **block_kwargs)(x, mask, bias, not train)
+      for i in range(self.num_layers):  # each layer its own fixed block-sparse eval pattern (scan shares one)
+        layer_kwargs = dict(block_kwargs, attention_kwargs=block_sparse.layer_options(self.attention_kwargs, i))
+        x, _ = block(name=f"encoderblock_{i:02d}", **layer_kwargs)(x, mask, bias, not train)
     aux = {"pre_norm": x}
     x = layer_norm(self.layer_norm_epsilon, self.dtype, "encoder_norm")(x)
     x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)

@@ -20,7 +20,8 @@ config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
   vocab_size [30522 base / 160 tiny]: BERT's WordPiece vocabulary; the tiny run uses the built-in dataset's
     154 words.
   attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
-  block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0].
+  block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0]:
+    the fixed evaluation patterns (each layer its own, from (seed, layer): vlm/nn/block_sparse.py).
   token_order ['raster']: 'morton' | 'hilbert' (table A7).
   visual_keep_rate [1.0]: q_v; visual_prune_after [(4, 7, 10)]: 1-based BEiT layers (the release's [3, 6, 9]).
   multimodal_keep_rate [1.0]: q_m; multimodal_prune_after [(1,)]: 1-based multimodal layers.
