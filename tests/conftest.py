@@ -1,4 +1,4 @@
-"""pytest set-up shared by every test: 8 fake CPU devices, and the repository root importable.
+"""pytest set-up shared by every test: 8 fake CPU devices, faster XLA compiles, the repository root importable.
 
 XLA reads XLA_FLAGS when its backend starts, so this must run before anything touches a jax device; a
 conftest is imported before test modules. Nothing model-specific belongs here.
@@ -6,9 +6,14 @@ conftest is imported before test modules. Nothing model-specific belongs here.
 import os
 import sys
 
-_FLAG = "--xla_force_host_platform_device_count=8"
-if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# 8 fake CPU devices; and LLVM's cheap path: the tiny test programs spend most of their time in XLA:CPU's
+# compile, which these two flags shorten by about a quarter (two of the heaviest tests: 162 -> 119 s on the 2-core
+# machine) while the HLO, and so what the tests check, stays the same. Real runs keep full optimisation.
+_FLAGS = ("--xla_force_host_platform_device_count=8", "--xla_backend_optimization_level=0",
+          "--xla_llvm_disable_expensive_passes=true")
+for _flag in _FLAGS:
+  if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
 
 # One persistent XLA compilation cache for the whole session (the pytest-xdist workers and the multi-process
 # launcher's children inherit the variable): the tiny configs compile the same programs in several tests
