@@ -39,7 +39,7 @@ def test_joint_training_resume_and_evaluators(tmp_path):
     assert again[step]["train/fraction/images"] == rows[step]["train/fraction/images"]
     assert abs(again[step]["train/loss"] - rows[step]["train/loss"]) < 1e-5 * abs(rows[step]["train/loss"])
   final = rows[8]
-  for key in ("eval/videos/top1", "eval/videos/top1_shuffled", "eval/videos/top1_shuffle_drop", "eval/videos/top1_shuffle_drop_se",
-              "eval/images/top1", "eval/images/mAP"):
+  for key in ("eval/videos/top1", "eval/videos/top1_shuffled", "eval/videos/top1_shuffle_drop",
+              "eval/videos/top1_shuffle_drop_se", "eval/images/top1", "eval/images/mAP"):
     assert key in final
   assert final["eval/videos/num_examples"] == 32 and final["eval/images/num_examples"] == 16

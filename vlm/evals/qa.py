@@ -149,12 +149,12 @@ class Evaluator:
     metrics["majority_accuracy"] = float(100.0 * counts.max() / max(gt.size, 1))
     if self.eval_cfg.get("shuffle_frames", False):
       shuffled_scores = self._collect(variables, shuffle=True)["scores"]
+      shuffled = accuracies(shuffled_scores, gt, self.answers, self.groups)
       correct = np.argmax(out["scores"], axis=1) == gt
       correct_shuffled = np.argmax(shuffled_scores, axis=1) == gt
       for k, sel in question_sets(gt, self.answers, self.groups).items():
         drop, se = common.paired_drop(correct[sel], correct_shuffled[sel])
-        metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = (
-            float(100.0 * correct_shuffled[sel].mean()) if sel.any() else 0.0)
+        metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
         metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = drop
         metrics[k.replace("accuracy", "accuracy_shuffle_drop_se", 1)] = se
     metrics["num_examples"] = float(gt.size)

@@ -64,7 +64,11 @@ def ranks_from_similarity(sim: np.ndarray) -> np.ndarray:
 
 def retrieval_metrics(sim: np.ndarray, prefix: str = "") -> dict[str, float]:
   """R@1/5/10 (percent), their mean, median rank and mean rank (1-based) for a [N, N] query x gallery score."""
-  ranks = ranks_from_similarity(sim)
+  return metrics_from_ranks(ranks_from_similarity(sim), prefix)
+
+
+def metrics_from_ranks(ranks: np.ndarray, prefix: str = "") -> dict[str, float]:
+  """`retrieval_metrics` from the [N] 0-based ranks of the targets."""
   out = {f"{prefix}R@{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
   out[f"{prefix}R_mean"] = float(np.mean([out[f"{prefix}R@{k}"] for k in (1, 5, 10)]))
   out[f"{prefix}MedR"] = float(np.median(ranks) + 1)
@@ -176,10 +180,10 @@ class Evaluator:
       metrics.update(retrieval_metrics(sim.T, prefix="vtc_v2t_"))
     else:
       t2v, v2t = sim, sim.T
-    final = {"t2v_": t2v, "v2t_": v2t}
-    for prefix, s in final.items():
-      metrics.update(retrieval_metrics(s, prefix=prefix))
-    return {k + suffix: v for k, v in metrics.items()}, {p: ranks_from_similarity(s) for p, s in final.items()}
+    ranks = {"t2v_": ranks_from_similarity(t2v), "v2t_": ranks_from_similarity(v2t)}
+    for prefix, r in ranks.items():
+      metrics.update(metrics_from_ranks(r, prefix=prefix))
+    return {k + suffix: v for k, v in metrics.items()}, ranks
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
     """Embeds the whole test split and returns the retrieval metrics."""
@@ -189,7 +193,8 @@ class Evaluator:
     metrics, ranks = self._metrics(variables, out)
     if self.eval_cfg.get("shuffle_frames", False):
       # The final ranking's recalls only (not the first stage's, not the ranks): what table A8 reports.
-      shuffled, shuffled_ranks = self._metrics(variables, self._collect(variables, shuffle=True), suffix="_shuffled")
+      shuffled, shuffled_ranks = self._metrics(variables, self._collect(variables, shuffle=True),
+                                               suffix="_shuffled")
       for key in [k for k in metrics if k.startswith(("t2v_R", "v2t_R"))]:
         metrics[f"{key}_shuffled"] = shuffled[f"{key}_shuffled"]
         metrics[f"{key}_shuffle_drop"] = metrics[key] - shuffled[f"{key}_shuffled"]

@@ -68,14 +68,16 @@ def layer_options(options: Mapping[str, Any] | None, layer: int) -> Mapping[str,
   (seed..., layer), so every layer has its own fixed evaluation pattern; other options pass unchanged."""
   if not options or "eval_seed" not in options:
     return options
-  seed = options["eval_seed"]
-  seeds = tuple(seed) if isinstance(seed, (tuple, list)) else (seed,)
-  return {**options, "eval_seed": seeds + (layer,)}
+  return {**options, "eval_seed": _seeds(options["eval_seed"]) + (layer,)}
+
+
+def _seeds(eval_seed: int | Sequence[int]) -> tuple[int, ...]:
+  return tuple(eval_seed) if isinstance(eval_seed, (tuple, list)) else (eval_seed,)
 
 
 def eval_key(eval_seed: int | Sequence[int]) -> jax.Array:
   """The key of the fixed evaluation pattern: `jax.random.key(seed)`, then each further int folded in."""
-  seeds = tuple(eval_seed) if isinstance(eval_seed, (tuple, list)) else (eval_seed,)
+  seeds = _seeds(eval_seed)
   key = jax.random.key(int(seeds[0]))
   for extra in seeds[1:]:
     key = jax.random.fold_in(key, int(extra))
