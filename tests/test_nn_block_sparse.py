@@ -34,8 +34,12 @@ def _dense_reference(q, k, v, pattern, num_global, block_size, mask=None, bias=N
   return jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(logits, -1), v)
 
 
-@pytest.mark.parametrize("order_kind", [None, "morton", "hilbert"])
-def test_equals_dense_attention_under_the_same_mask(order_kind):
+@pytest.mark.parametrize("order_kind,implementation", [(None, "explicit"), ("morton", "explicit"),
+                                                       ("hilbert", "explicit"), (None, "fused"),
+                                                       ("hilbert", "fused")])
+def test_equals_dense_attention_under_the_same_mask(order_kind, implementation):
+  """Both block layouts: the written-out blocked softmax, and the blocks as a batch of small attention problems
+  for the fused kernel (its XLA composition on CPU; cuDNN's on GPUs, see test_fused_paths_take_cudnn_on_gpu)."""
   q, k, v = _qkv(n=1 + 48)  # 48 local tokens = a 3 x 4 x 4 grid; G = 5 pads the last block
   g, kl, kr = 5, 3, 2
   nblk = bs.num_blocks(48, g)
@@ -43,7 +47,8 @@ def test_equals_dense_attention_under_the_same_mask(order_kind):
   mask = jnp.ones((2, 49), bool).at[1, 40:].set(False)  # padded keys in the second example
   bias = jax.random.normal(jax.random.key(4), (1, 2, 49, 49))
   order = None if order_kind is None else bs.token_order((3, 4, 4), order_kind)
-  kw = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1, pattern=pattern, order=order)
+  kw = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1, pattern=pattern, order=order,
+            implementation=implementation)
 
   def sparse(q, k, v):
     return bs.block_sparse_attention(q, k, v, mask=mask, bias=bias, **kw)
@@ -157,6 +162,29 @@ def test_space_filling_orders():
     assert (cube.max(0) - cube.min(0) == 1).all()
   # Grids that are not powers of two: still permutations.
   assert sorted(bs.token_order((8, 14, 14), "hilbert")) == list(range(8 * 14 * 14))
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention runs on NVIDIA GPUs only")
+def test_fused_paths_take_cudnn_on_gpu():
+  """On a GPU, bf16 dense and block-sparse attention in their fused form run cuDNN's flash kernel (its custom call
+  is in the compiled forward + backward program) and agree with the float32 explicit kernels to bf16 rounding."""
+  b, n, h, d = 2, 1 + 4 * 16, 4, 64  # [CLS] + 4 blocks of G = 16
+  q, k, v = (x.astype(jnp.bfloat16) for x in _qkv(b=b, n=n, h=h, k=d))
+  kw = dict(block_size=16, local_blocks=1, random_blocks=2, num_global=1,
+            pattern=bs.block_pattern(jax.random.key(7), 4, 1, 2))
+  cot = jax.random.normal(jax.random.key(8), (b, n, h, d))
+  kernels = {"dense": lambda impl: lambda *a: attention.dense_attention(*a, implementation=impl),
+             "block_sparse": lambda impl: lambda *a: bs.block_sparse_attention(*a, implementation=impl, **kw)}
+  for name, kernel in kernels.items():
+    def value_and_grads(impl, kernel=kernel):
+      return jax.jit(jax.value_and_grad(lambda *a: jnp.vdot(kernel(impl)(*a).astype(jnp.float32), cot),
+                                        argnums=(0, 1, 2)))
+    fused = value_and_grads("fused")
+    assert "cudnn" in fused.lower(q, k, v).compile().as_text(), f"{name}: no cuDNN call in the fused program"
+    want = value_and_grads("explicit")(*(x.astype(jnp.float32) for x in (q, k, v)))
+    for got, ref in zip(jax.tree.leaves(fused(q, k, v)), jax.tree.leaves(want)):
+      got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
+      assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 2e-2, name
 
 
 def test_bad_arguments():

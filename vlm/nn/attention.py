@@ -3,9 +3,10 @@
 The kernel is chosen by name (`MultiHeadAttention.attention`), so a family can swap the dense kernel for a
 sparse one without touching the layer:
 
-  'dense'   `dense_attention`: on GPUs `jax.nn.dot_product_attention` (cuDNN flash kernels where they apply);
-            elsewhere, and whenever attention-probability dropout is active, the explicit einsum softmax.
-            `attention_kwargs={'implementation': ...}` forces one ('auto' | 'fused' | 'explicit').
+  'dense'   `dense_attention`: on GPUs `fused_attention` (cuDNN flash attention where it takes the inputs,
+            else `jax.nn.dot_product_attention`'s XLA composition); elsewhere, and whenever attention-probability
+            dropout is active, the explicit einsum softmax. `attention_kwargs={'implementation': ...}` forces one
+            ('auto' | 'fused' | 'explicit').
 
 A new kernel registers itself with `@register_attention('name')` and takes the same arguments as
 `dense_attention` (plus its own keyword options, passed through `MultiHeadAttention.attention_kwargs`).
@@ -93,7 +94,7 @@ def dense_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
   Why two paths: on XLA:CPU `jax.nn.dot_product_attention` lowers to a generic graph that is slower than the
   explicit einsum softmax (forward + backward, B = 4, N = 785, H = 12, K = 64: 372 against 326 ms on the 2-core
   AMD EPYC machine; 1.8x slower before the explicit path was made head-major with a written-out softmax), while
-  on GPUs it reaches the fused cuDNN kernels. 'auto' takes the fused call on GPUs only.
+  on GPUs `fused_attention` reaches cuDNN's flash attention. 'auto' takes the fused call on GPUs only.
 
   Args:
     query: [B, T, H, K] queries.
@@ -110,20 +111,53 @@ def dense_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
   Returns:
     [B, T, H, K] attended values.
   """
-  if implementation not in ("auto", "fused", "explicit"):
-    raise ValueError(f"dense attention implementation={implementation!r}; expected 'auto', 'fused' or "
-                     "'explicit'.")
-  if implementation == "auto":
-    implementation = "fused" if jax.default_backend() == "gpu" else "explicit"
+  implementation = resolve_implementation(implementation)
   if implementation == "explicit" or (not deterministic and dropout_rate > 0.0):
     # The fused kernel has no dropout on the probabilities; VATT's release applies it, so write it out.
     return explicit_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
                               dropout_rng=dropout_rng, deterministic=deterministic)
+  return fused_attention(query, key, value, mask=mask, bias=bias)
+
+
+def resolve_implementation(implementation: str) -> str:
+  """'auto' | 'fused' | 'explicit' -> 'fused' or 'explicit' ('auto': fused on GPUs only; see `dense_attention`)."""
+  if implementation not in ("auto", "fused", "explicit"):
+    raise ValueError(f"attention implementation={implementation!r}; expected 'auto', 'fused' or 'explicit'.")
+  if implementation == "auto":
+    return "fused" if jax.default_backend() == "gpu" else "explicit"
+  return implementation
+
+
+def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                    bias: jax.Array | None = None) -> jax.Array:
+  """`jax.nn.dot_product_attention`, through cuDNN's flash attention wherever cuDNN takes the inputs.
+
+  jax's default (`implementation=None`) is its XLA composition, never cuDNN: the flash kernel must be asked for by
+  name. cuDNN takes fp16 / bf16 operands on a GPU, head dims that are multiples of 8 (<= 256 on Hopper), a bias
+  of full [.., T, S] extent (a key mask is broadcast to it) and, when a bias or mask is differentiated through,
+  even T and S. jax checks these while tracing, raising NotImplementedError or ValueError; the XLA composition
+  (the same function) is used then, and everywhere off GPUs.
+
+  Args:
+    query: [B, T, H, K]; key, value: [B, S, H, K].
+    mask: optional [B, S] bool key mask, True where a key may be attended to.
+    bias: optional logit bias broadcastable to [B, H, T, S].
+
+  Returns:
+    [B, T, H, K].
+  """
   if bias is not None:
-    bias = bias.astype(query.dtype)
-  if mask is not None:
-    mask = mask[:, None, None, :]
-  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask)
+    bias = bias.astype(query.dtype).reshape((1,) * (4 - bias.ndim) + bias.shape)
+  if jax.default_backend() == "gpu" and query.dtype in (jnp.float16, jnp.bfloat16):
+    t, s = query.shape[1], key.shape[1]
+    c_mask = None if mask is None else jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, t, s))
+    c_bias = None if bias is None else jnp.broadcast_to(bias, bias.shape[:2] + (t, s))
+    try:
+      return jax.nn.dot_product_attention(query, key, value, bias=c_bias, mask=c_mask, implementation="cudnn")
+    except (NotImplementedError, ValueError):  # a shape or dtype cuDNN does not take (see above)
+      pass
+  return jax.nn.dot_product_attention(query, key, value, bias=bias,
+                                      mask=None if mask is None else mask[:, None, None, :])
 
 
 class MultiHeadAttention(nn.Module):

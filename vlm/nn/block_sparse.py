@@ -31,7 +31,8 @@ tokens that makes blocks compact in space-time; `block_sparse_attention(..., ord
 blocking and undoes it after, so callers keep raster order.
 
 Registered as the attention kernel 'block_sparse' (vlm/nn/attention.py); options through `attention_kwargs`:
-block_size, local_blocks, random_blocks, num_global, eval_seed, order.
+block_size, local_blocks, random_blocks, num_global, eval_seed, order, implementation ('auto': cuDNN's fused kernel
+on GPUs, the written-out blocked softmax elsewhere).
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                            block_size: int = 56, local_blocks: int = 1, random_blocks: int = 3,
                            num_global: int = 1, eval_seed: int | Sequence[int] = 0,
                            order: Sequence[int] | None = None,
-                           pattern: jax.Array | None = None) -> jax.Array:
+                           pattern: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
   """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
 
   Args:
@@ -184,6 +185,10 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
       encoders pass (seed, layer index) through `layer_options`).
     order: optional permutation of the N local tokens (`token_order`) applied before blocking.
     pattern: optional int [nblk, K_l + K_r] pattern overriding the draw (tests, analysis).
+    implementation: 'auto' | 'fused' | 'explicit', as `dense_attention`. 'fused' runs every query block with
+      its gathered keys as one batch of small attention problems through `attention.fused_attention` (cuDNN
+      flash attention on GPUs); 'explicit' writes the blocked softmax out, in the layout XLA:CPU runs fastest.
+      'auto' is fused on GPUs only; attention-probability dropout always takes the explicit path.
 
   Returns:
     [B, N_total, H, K].
@@ -193,12 +198,13 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   n = n_total - g_num
   if n <= 0:
     raise ValueError(f"block-sparse attention over {n_total} tokens with num_global={g_num}: no local tokens.")
+  implementation = attention_lib.resolve_implementation(implementation)
   nblk = num_blocks(n, block_size)
   if pattern is None and local_blocks + random_blocks >= nblk:  # every block is a key block: dense
     check_pattern_args(max(nblk, local_blocks + random_blocks), local_blocks, random_blocks)
-    from vlm.nn import attention  # pylint: disable=g-import-not-at-top
-    return attention.explicit_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
-                                        dropout_rng=dropout_rng, deterministic=deterministic)
+    return attention_lib.dense_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
+                                         dropout_rng=dropout_rng, deterministic=deterministic,
+                                         implementation=implementation)
   if pattern is None:
     training = not deterministic and dropout_rng is not None
     rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else eval_key(eval_seed)
@@ -221,58 +227,76 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   if perm is not None:
     positions = positions[perm]
   positions = jnp.pad(positions, (0, pad), constant_values=0)
-  # Head-major blocks [B, H, nblk, G, K]: batch and head lead, so every einsum below is a plain batched matmul
-  # (XLA:CPU inserts transposes around dots whose batch axes are not leading).
-  heads_first = lambda x: x.reshape(b, nblk, block_size, h, dk).transpose(0, 3, 1, 2, 4)
-  q_loc = heads_first(local_part(query))
-  k_blocks = heads_first(local_part(key))
-  v_blocks = heads_first(local_part(value))
-  m_blocks = local_part(valid, fill=False).reshape(b, nblk, block_size)
   pos_blocks = positions.reshape(nblk, block_size)
-
-  # Keys of each query block: the globals, then its K_l + K_r gathered blocks.  [B, H, nblk, S_b, K]
-  k_sel = k_blocks[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
-  v_sel = v_blocks[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
-  m_sel = m_blocks[:, pattern].reshape(b, nblk, kb_num * block_size)
-  k_pos = pos_blocks[pattern].reshape(nblk, kb_num * block_size)
-  glob = lambda x: jnp.broadcast_to(x[:, :g_num].transpose(0, 2, 1, 3)[:, :, None], (b, h, nblk, g_num, dk))
-  k_all = jnp.concatenate([glob(key), k_sel], axis=3)
-  v_all = jnp.concatenate([glob(value), v_sel], axis=3)
+  # Keys of each query block: the globals, then its K_l + K_r gathered blocks (S_b = g + (K_l + K_r) G keys).
+  m_sel = local_part(valid, fill=False).reshape(b, nblk, block_size)[:, pattern].reshape(b, nblk, -1)
   m_all = jnp.concatenate([jnp.broadcast_to(valid[:, None, :g_num], (b, nblk, g_num)), m_sel], axis=2)
-  k_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(g_num)[None], (nblk, g_num)), k_pos], axis=1)
+  k_pos = jnp.concatenate([jnp.broadcast_to(jnp.arange(g_num)[None], (nblk, g_num)),
+                           pos_blocks[pattern].reshape(nblk, kb_num * block_size)], axis=1)  # [nblk, S_b]
+  masked = mask is not None or pad > 0  # without padding or a caller's mask every key is valid: skip the mask
+  full_bias = None if bias is None else jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total))
 
-  # Scores are laid out key-major, [B, H, nblk, S_b, G] (softmax over the key axis -2): XLA:CPU runs these
-  # small batched dots ~1.4x faster in this layout than as [.., G, S_b] (measured on the [56 x 64] x [64 x 225]
-  # dots of SViTT's (1, 3, 56) setting; with the written-out softmax the kernel went from 404 to 328 ms in
-  # `python -m vlm.tools.bench_attention`). The gather-free core (these dots and the softmax, forward + backward,
-  # B = 4, H = 12) takes 195 ms in this form; 211 ms with the output as [.., G, K], 251 ms query-major, and 267 ms
-  # with a hand-written VJP that keeps every dot's contracted axis minor.
-  scale = dk ** -0.5
-  logits = jnp.einsum("bhnsd,bhngd->bhnsg", k_all, q_loc, preferred_element_type=jnp.float32) * scale
-  if bias is not None:
-    full = jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total)).astype(jnp.float32)
-    # bias[..., query position, key position] for every (block, key, query) edge: [B|1, H, nblk, S_b, G]
-    logits = logits + full[:, :, pos_blocks[:, None, :], k_pos[:, :, None]]
-  if mask is not None or pad:  # without padding or a caller's mask every key is valid: skip two passes
-    logits = jnp.where(m_all[:, None, :, :, None], logits, jnp.finfo(jnp.float32).min)
-  weights = attention_lib.softmax(logits, axis=-2)
-  if not deterministic and dropout_rate > 0.0:
-    if dropout_rng is None:
-      raise ValueError("Attention dropout needs dropout_rng.")
-    keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-  out_loc = jnp.einsum("bhnsd,bhnsg->bhndg", v_all, weights.astype(value.dtype))  # [B, H, nblk, K, G]
-  out_loc = out_loc.transpose(0, 2, 4, 1, 3).reshape(b, nblk * block_size, h, dk)[:, :n]
+  if implementation == "fused" and (deterministic or dropout_rate == 0.0):
+    # Token-major blocks [B, nblk, G, H, K]: each query block and its S_b keys is one small attention problem;
+    # batched over B * nblk they are one call of the fused kernel, with no reordering of heads.
+    blocks = lambda x: local_part(x).reshape(b, nblk, block_size, h, dk)
+
+    def keys_of_blocks(x):
+      glob = jnp.broadcast_to(x[:, None, :g_num], (b, nblk, g_num, h, dk))
+      sel = blocks(x)[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
+      return jnp.concatenate([glob, sel], axis=2).reshape(b * nblk, -1, h, dk)
+
+    f_bias = None
+    if bias is not None:  # bias[..., query position, key position] per (block, query, key): [B*nblk, H, G, S_b]
+      f_bias = full_bias[:, :, pos_blocks[:, :, None], k_pos[:, None, :]].transpose(0, 2, 1, 3, 4)
+      f_bias = jnp.broadcast_to(f_bias, (b,) + f_bias.shape[1:]).reshape(b * nblk, h, block_size, -1)
+    out = attention_lib.fused_attention(blocks(query).reshape(b * nblk, block_size, h, dk), keys_of_blocks(key),
+                                        keys_of_blocks(value), bias=f_bias,
+                                        mask=m_all.reshape(b * nblk, -1) if masked else None)
+    out_loc = out.reshape(b, nblk * block_size, h, dk)[:, :n]
+  else:
+    # Head-major blocks [B, H, nblk, G, K]: batch and head lead, so every einsum below is a plain batched matmul
+    # (XLA:CPU inserts transposes around dots whose batch axes are not leading).
+    heads_first = lambda x: x.reshape(b, nblk, block_size, h, dk).transpose(0, 3, 1, 2, 4)
+    q_loc = heads_first(local_part(query))
+
+    def keys_of_blocks(x):  # [B, H, nblk, S_b, K]
+      sel = heads_first(local_part(x))[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
+      glob = jnp.broadcast_to(x[:, :g_num].transpose(0, 2, 1, 3)[:, :, None], (b, h, nblk, g_num, dk))
+      return jnp.concatenate([glob, sel], axis=3)
+
+    # Scores are laid out key-major, [B, H, nblk, S_b, G] (softmax over the key axis -2): XLA:CPU runs these
+    # small batched dots ~1.4x faster in this layout than as [.., G, S_b] (measured on the [56 x 64] x [64 x 225]
+    # dots of SViTT's (1, 3, 56) setting; with the written-out softmax the kernel went from 404 to 328 ms in
+    # `python -m vlm.tools.bench_attention`). The gather-free core (these dots and the softmax, forward + backward,
+    # B = 4, H = 12) takes 195 ms in this form; 211 ms with the output as [.., G, K], 251 ms query-major, and 267
+    # ms with a hand-written VJP that keeps every dot's contracted axis minor.
+    scale = dk ** -0.5
+    logits = jnp.einsum("bhnsd,bhngd->bhnsg", keys_of_blocks(key), q_loc, preferred_element_type=jnp.float32)
+    logits = logits * scale
+    if bias is not None:
+      # bias[..., query position, key position] for every (block, key, query) edge: [B|1, H, nblk, S_b, G]
+      logits = logits + full_bias.astype(jnp.float32)[:, :, pos_blocks[:, None, :], k_pos[:, :, None]]
+    if masked:
+      logits = jnp.where(m_all[:, None, :, :, None], logits, jnp.finfo(jnp.float32).min)
+    weights = attention_lib.softmax(logits, axis=-2)
+    if not deterministic and dropout_rate > 0.0:
+      if dropout_rng is None:
+        raise ValueError("Attention dropout needs dropout_rng.")
+      keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
+      weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out_loc = jnp.einsum("bhnsd,bhnsg->bhndg", keys_of_blocks(value), weights.astype(value.dtype))  # [B,H,nblk,K,G]
+    out_loc = out_loc.transpose(0, 2, 4, 1, 3).reshape(b, nblk * block_size, h, dk)[:, :n]
   if perm is not None:
     out_loc = jnp.zeros_like(out_loc).at[:, perm].set(out_loc)  # back to the caller's order
 
   parts = [out_loc]
   if g_num:  # global queries: dense over every key
-    g_bias = None if bias is None else jnp.broadcast_to(bias, (bias.shape[0], h, n_total, n_total))[:, :, :g_num]
     g_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
-    parts.insert(0, attention_lib.explicit_attention(
-        query[:, :g_num], key, value, mask=valid, bias=g_bias, dropout_rate=dropout_rate, dropout_rng=g_rng,
-        deterministic=deterministic))
+    parts.insert(0, attention_lib.dense_attention(
+        query[:, :g_num], key, value, mask=None if mask is None else valid,
+        bias=None if bias is None else full_bias[:, :, :g_num], dropout_rate=dropout_rate, dropout_rng=g_rng,
+        deterministic=deterministic, implementation=implementation))
   return jnp.concatenate(parts, axis=1)
 
 

@@ -2,20 +2,25 @@ r"""Block-sparse against dense attention, forward + backward, side by side in on
 
   python -m vlm.tools.bench_attention --tokens=1568 --block_size=56 --local_blocks=1 --random_blocks=3
 
-Times the gradient of <attention(q, k, v), dO> (dO random) w.r.t. q, k, v for the dense kernel ('explicit' on
-CPU, the fused `jax.nn.dot_product_attention` on GPU, or `--dense=fused|explicit`) and for `vlm.nn.block_sparse`,
-with one [CLS] token in front of `--tokens` local tokens (8 frames x 196 patches = 1568 by default), and prints:
+Times the gradient of <attention(q, k, v), dO> (dO random) w.r.t. q, k, v for the dense kernel and for
+`vlm.nn.block_sparse`, each 'explicit' on CPU and 'fused' on GPU (cuDNN flash attention for bf16 / fp16; force one
+with `--dense=` / `--sparse=fused|explicit`), with one [CLS] token in front of `--tokens` local tokens (8 frames x
+196 patches = 1568 by default), and prints:
 
   edge ratio    dense edges / block-sparse edges (the ideal speed-up: attention work is proportional to edges),
   speed-up      dense time / block-sparse time (medians of --runs rounds after compilation; each round runs both),
   efficiency    speed-up / edge ratio (1.0 = the sparse kernel is exactly as fast per edge as the dense one).
 
-The random pattern is drawn inside the timed function (training mode), as in a real step.
+The random pattern is drawn inside the timed function (training mode), as in a real step. Each kernel's line
+says whether its compiled program calls cuDNN. On a GPU (bf16, the cuDNN comparison of SViTT's issue):
+
+  python -m vlm.tools.bench_attention --dtype=bfloat16 --batch=32
 """
 from __future__ import annotations
 
 import json
 import statistics
+from typing import Any
 
 from absl import app
 from absl import flags
@@ -34,12 +39,14 @@ _BLOCK = flags.DEFINE_integer("block_size", 56, "G: tokens per block.")
 _LOCAL = flags.DEFINE_integer("local_blocks", 1, "K_l.")
 _RANDOM = flags.DEFINE_integer("random_blocks", 3, "K_r.")
 _DENSE = flags.DEFINE_enum("dense", "auto", ["auto", "fused", "explicit"], "Dense kernel implementation.")
+_SPARSE = flags.DEFINE_enum("sparse", "auto", ["auto", "fused", "explicit"], "Block-sparse kernel implementation.")
 _RUNS = flags.DEFINE_integer("runs", 9, "Timed rounds; each runs both kernels once (medians reported).")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "Activation dtype.")
 
 
 def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, local_blocks: int,
-        random_blocks: int, dense: str = "auto", steps: int = 7, dtype: str = "float32") -> dict[str, float]:
+        random_blocks: int, dense: str = "auto", steps: int = 7, dtype: str = "float32",
+        sparse: str = "auto") -> dict[str, Any]:
   """Times both kernels; returns the figures the module docstring lists."""
   n_total = tokens + 1
   keys = jax.random.split(jax.random.key(0), 5)
@@ -52,13 +59,15 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
     return attention.dense_attention(q, k, v, implementation=dense)
 
   def sparse_fn(q, k, v, rng):
-    return block_sparse.block_sparse_attention(q, k, v, dropout_rng=rng, deterministic=False, **opts)
+    return block_sparse.block_sparse_attention(q, k, v, dropout_rng=rng, deterministic=False,
+                                               implementation=sparse, **opts)
 
-  grads = {}
+  grads, uses_cudnn = {}, {}
   for name, fn in (("dense", dense_fn), ("block_sparse", sparse_fn)):
     # A random output cotangent, as in training (a plain sum would let XLA fold the dO = 1 backward dots away).
     grads[name] = jax.jit(jax.grad(lambda q, k, v, r, fn=fn: jnp.vdot(fn(q, k, v, r).astype(jnp.float32), cot),
                                    argnums=(0, 1, 2)))
+    uses_cudnn[name] = "cudnn" in grads[name].lower(q, k, v, keys[3]).compile().as_text()
     jax.block_until_ready(grads[name](q, k, v, keys[3]))  # compile
     jax.block_until_ready(grads[name](q, k, v, keys[3]))  # warm-up
   # The kernels take turns, one run each per round, so both see the same drift in machine load (the median of
@@ -77,20 +86,23 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
   speedup = results["dense_seconds"] / results["block_sparse_seconds"]
   return {**results, "dense_edges": float(dense_edges), "sparse_edges": float(sparse_edges),
           "edge_ratio": edge_ratio, "speedup": speedup, "efficiency": speedup / edge_ratio,
-          "device": jax.devices()[0].device_kind, "allocator": common.allocator()}
+          "dense_cudnn": uses_cudnn["dense"], "block_sparse_cudnn": uses_cudnn["block_sparse"],
+          "dtype": dtype, "device": jax.devices()[0].device_kind, "allocator": common.allocator()}
 
 
 def main(argv):
   del argv
   r = run(_TOKENS.value, _BATCH.value, _HEADS.value, _HEAD_DIM.value, _BLOCK.value, _LOCAL.value, _RANDOM.value,
-          _DENSE.value, _RUNS.value, _DTYPE.value)
+          _DENSE.value, _RUNS.value, _DTYPE.value, _SPARSE.value)
   if common.JSON.value:
     print(json.dumps(r, indent=1))
     return
   print(f"== attention fwd+bwd on {r['device']} ({r['allocator']}): batch {_BATCH.value}, {_TOKENS.value} + 1 "
         f"tokens, {_HEADS.value} heads x {_HEAD_DIM.value}, (K_l, K_r, G) = ({_LOCAL.value}, {_RANDOM.value}, "
         f"{_BLOCK.value})")
-  print(f"dense {r['dense_seconds'] * 1e3:.1f} ms, block-sparse {r['block_sparse_seconds'] * 1e3:.1f} ms")
+  kernel = lambda name: "cuDNN" if r[f"{name}_cudnn"] else "XLA"
+  print(f"dense {r['dense_seconds'] * 1e3:.2f} ms ({kernel('dense')}), block-sparse "
+        f"{r['block_sparse_seconds'] * 1e3:.2f} ms ({kernel('block_sparse')}), {r['dtype']}")
   print(f"edge ratio {r['edge_ratio']:.2f}x (ideal), speed-up {r['speedup']:.2f}x, "
         f"efficiency {r['efficiency']:.2f} of the ideal")
 
