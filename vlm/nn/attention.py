@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -128,15 +129,27 @@ def resolve_implementation(implementation: str) -> str:
   return implementation
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _WARNED:
+    _WARNED.add(message)
+    logging.warning(message)
+
+
 def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                     bias: jax.Array | None = None) -> jax.Array:
   """`jax.nn.dot_product_attention`, through cuDNN's flash attention wherever cuDNN takes the inputs.
 
   jax's default (`implementation=None`) is its XLA composition, never cuDNN: the flash kernel must be asked for by
   name. cuDNN takes fp16 / bf16 operands on a GPU, head dims that are multiples of 8 (<= 256 on Hopper), a bias
-  of full [.., T, S] extent (a key mask is broadcast to it) and, when a bias or mask is differentiated through,
-  even T and S. jax checks these while tracing, raising NotImplementedError or ValueError; the XLA composition
-  (the same function) is used then, and everywhere off GPUs.
+  of full [.., T, S] extent (a key mask is broadcast to it) and, for training, even T and S: jax refuses odd
+  lengths while tracing the backward pass ("Unsupported sequence length Q 1569, KV 1569" on an H200: [CLS] + 8 x
+  196 patches), so odd lengths are padded by one here (a query row that is dropped, a key excluded through the
+  kernel's sequence lengths or the mask). Where jax still refuses (NotImplementedError or ValueError while
+  tracing), a warning names the shapes and reason once, and the XLA composition (the same function) runs; it is
+  also the path everywhere off GPUs.
 
   Args:
     query: [B, T, H, K]; key, value: [B, S, H, K].
@@ -149,13 +162,25 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
   if bias is not None:
     bias = bias.astype(query.dtype).reshape((1,) * (4 - bias.ndim) + bias.shape)
   if jax.default_backend() == "gpu" and query.dtype in (jnp.float16, jnp.bfloat16):
-    t, s = query.shape[1], key.shape[1]
-    c_mask = None if mask is None else jnp.broadcast_to(mask[:, None, None, :], (mask.shape[0], 1, t, s))
-    c_bias = None if bias is None else jnp.broadcast_to(bias, bias.shape[:2] + (t, s))
+    b, t, s = query.shape[0], query.shape[1], key.shape[1]
+    tp, sp = t + t % 2, s + s % 2
+    pad = lambda x, n, fill=0: jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
+                                       constant_values=fill)
+    c_mask = c_bias = kv_lengths = None
+    if mask is not None:
+      c_mask = jnp.broadcast_to(pad(mask, sp, False)[:, None, None, :], (b, 1, tp, sp))
+    elif sp != s:  # the padded key is excluded by the kernel's key lengths, without a mask tensor
+      kv_lengths = jnp.full((b,), s, jnp.int32)
+    if bias is not None:
+      c_bias = jnp.pad(jnp.broadcast_to(bias, bias.shape[:2] + (t, s)), [(0, 0), (0, 0), (0, tp - t), (0, sp - s)])
     try:
-      return jax.nn.dot_product_attention(query, key, value, bias=c_bias, mask=c_mask, implementation="cudnn")
-    except (NotImplementedError, ValueError):  # a shape or dtype cuDNN does not take (see above)
-      pass
+      out = jax.nn.dot_product_attention(pad(query, tp), pad(key, sp), pad(value, sp), bias=c_bias, mask=c_mask,
+                                         key_value_seq_lengths=kv_lengths, implementation="cudnn")
+      return out[:, :t]
+    except (NotImplementedError, ValueError) as e:  # a shape or dtype cuDNN does not take (see above)
+      _warn_once(f"fused attention: cuDNN does not take q {query.shape}, k {key.shape}, bias "
+                 f"{None if bias is None else bias.shape}, mask {None if mask is None else mask.shape} "
+                 f"({type(e).__name__}: {e}); using jax's XLA composition.")
   return jax.nn.dot_product_attention(query, key, value, bias=bias,
                                       mask=None if mask is None else mask[:, None, None, :])
 

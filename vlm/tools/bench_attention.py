@@ -67,7 +67,8 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
     # A random output cotangent, as in training (a plain sum would let XLA fold the dO = 1 backward dots away).
     grads[name] = jax.jit(jax.grad(lambda q, k, v, r, fn=fn: jnp.vdot(fn(q, k, v, r).astype(jnp.float32), cot),
                                    argnums=(0, 1, 2)))
-    uses_cudnn[name] = "cudnn" in grads[name].lower(q, k, v, keys[3]).compile().as_text()
+    # cuDNN attention shows as `__cudnn$fmha*` custom calls (XLA may use cuDNN for plain dots too: not those).
+    uses_cudnn[name] = "fmha" in grads[name].lower(q, k, v, keys[3]).compile().as_text()
     jax.block_until_ready(grads[name](q, k, v, keys[3]))  # compile
     jax.block_until_ready(grads[name](q, k, v, keys[3]))  # warm-up
   # The kernels take turns, one run each per round, so both see the same drift in machine load (the median of

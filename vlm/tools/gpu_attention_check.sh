@@ -8,6 +8,7 @@
 # 2. `vlm.tools.bench_attention` in bf16 at batch 32: 8 frames (1568 + 1 tokens) and 16 frames (3136 + 1) with both
 #    kernels fused (cuDNN), block-sparse explicit against cuDNN dense, both explicit (XLA), and float32;
 # 3. a table of the ratios.
+# TESTS_K=<pytest -k expression> and BENCHES="f8_fused ..." narrow a rerun.
 # The GPU image has jax and flax but not ml_collections (pure Python): carry its wheel in .whl (see README).
 set -u
 OUT=${OUT:-/tmp/gpu_attention_check}
@@ -21,12 +22,13 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memo
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
 echo "== tests on the GPU"
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 python3 -m pytest -q -p no:cacheprovider -rs \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 300 python3 -m pytest -q -p no:cacheprovider -rs ${TESTS_K:+-k "$TESTS_K"} \
   tests/test_nn_attention.py tests/test_nn_block_sparse.py 2>&1 | tail -8
 
 echo "== benchmarks"
-bench() {  # name, flags...
+bench() {  # name, flags...  (BENCHES="name ..." runs only those)
   local name=$1; shift
+  [[ -n "${BENCHES:-}" && " $BENCHES " != *" $name "* ]] && return
   timeout 120 python3 -m vlm.tools.bench_attention --json --runs=15 "$@" > "$OUT/$name.json" 2> "$OUT/$name.err" \
     || { echo "$name failed:"; tail -5 "$OUT/$name.err"; }
 }
