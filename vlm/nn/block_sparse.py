@@ -240,10 +240,15 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
     # Token-major blocks [B, nblk, G, H, K]: each query block and its S_b keys is one small attention problem;
     # batched over B * nblk they are one call of the fused kernel, with no reordering of heads.
     blocks = lambda x: local_part(x).reshape(b, nblk, block_size, h, dk)
+    # The key blocks are selected by a one-hot matmul rather than a gather: the gather's transpose in the
+    # backward pass is a scatter-add (atomic adds on GPUs), the matmul's is another matmul. Exact: HIGHEST
+    # precision keeps float32 out of TF32, and each output is one input times 1.
+    select = jax.nn.one_hot(pattern, nblk, dtype=query.dtype)  # [nblk, K_l + K_r, nblk]
 
     def keys_of_blocks(x):
       glob = jnp.broadcast_to(x[:, None, :g_num], (b, nblk, g_num, h, dk))
-      sel = blocks(x)[:, pattern].reshape(b, nblk, kb_num * block_size, h, dk)
+      sel = jnp.einsum("nkm,bmghd->bnkghd", select, blocks(x), precision=jax.lax.Precision.HIGHEST)
+      sel = sel.reshape(b, nblk, kb_num * block_size, h, dk)
       return jnp.concatenate([glob, sel], axis=2).reshape(b * nblk, -1, h, dk)
 
     f_bias = None

@@ -65,18 +65,19 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
   grads, uses_cudnn = {}, {}
   for name, fn in (("dense", dense_fn), ("block_sparse", sparse_fn)):
     # A random output cotangent, as in training (a plain sum would let XLA fold the dO = 1 backward dots away).
-    grads[name] = jax.jit(jax.grad(lambda q, k, v, r, fn=fn: jnp.vdot(fn(q, k, v, r).astype(jnp.float32), cot),
-                                   argnums=(0, 1, 2)))
+    # dO is an argument, not a captured constant, so XLA does not spend seconds constant-folding its padding.
+    grads[name] = jax.jit(jax.grad(lambda q, k, v, r, dout, fn=fn: jnp.vdot(fn(q, k, v, r).astype(jnp.float32),
+                                                                            dout), argnums=(0, 1, 2)))
     # cuDNN attention shows as `__cudnn$fmha*` custom calls (XLA may use cuDNN for plain dots too: not those).
-    uses_cudnn[name] = "fmha" in grads[name].lower(q, k, v, keys[3]).compile().as_text()
-    jax.block_until_ready(grads[name](q, k, v, keys[3]))  # compile
-    jax.block_until_ready(grads[name](q, k, v, keys[3]))  # warm-up
+    uses_cudnn[name] = "fmha" in grads[name].lower(q, k, v, keys[3], cot).compile().as_text()
+    jax.block_until_ready(grads[name](q, k, v, keys[3], cot))  # compile
+    jax.block_until_ready(grads[name](q, k, v, keys[3], cot))  # warm-up
   # The kernels take turns, one run each per round, so both see the same drift in machine load (the median of
   # back-to-back blocks moved the ratio by +-10% between runs on a shared VM).
   times = {name: [] for name in grads}
   for _ in range(steps):
     for name, grad in grads.items():
-      times[name].append(common.median_seconds(lambda grad=grad: grad(q, k, v, keys[3]), 1)[0])
+      times[name].append(common.median_seconds(lambda grad=grad: grad(q, k, v, keys[3], cot), 1)[0])
   results = {}
   for name, ts in times.items():
     results[f"{name}_seconds"] = statistics.median(ts)

@@ -9,7 +9,8 @@
 #    kernels fused (cuDNN), block-sparse explicit against cuDNN dense, both explicit (XLA), and float32;
 # 3. a table of the ratios.
 # TESTS_K=<pytest -k expression> and BENCHES="f8_fused ..." narrow a rerun.
-# The GPU image has jax and flax but not ml_collections (pure Python): carry its wheel in .whl (see README).
+# A GPU image with jax and flax but not ml_collections (pure Python) gets it from a wheel in .whl, fetched before:
+#   pip download --no-deps --only-binary=:all: -d .whl ml-collections==1.1.0
 set -u
 OUT=${OUT:-/tmp/gpu_attention_check}
 mkdir -p "$OUT"
