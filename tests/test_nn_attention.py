@@ -35,6 +35,33 @@ def test_dense_matches_numpy_with_mask_and_bias():
     attention.dense_attention(q, k, v, implementation="flash")
 
 
+@pytest.mark.parametrize("t,s,masked,biased", [(5, 7, False, False), (5, 7, True, True), (4, 7, False, True),
+                                                (5, 6, True, False)])
+def test_even_length_inputs_give_the_same_attention(t, s, masked, biased):
+  """cuDNN trains on even lengths only (`fused_attention` pads on GPUs): the padded inputs, run here through jax's
+  XLA composition, give the unpadded attention's values and gradients."""
+  rng = np.random.default_rng(7)
+  q = jnp.asarray(rng.normal(size=(2, t, 3, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(2, s, 3, 8)), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.random((2, s)) > 0.4).at[:, 0].set(True) if masked else None
+  bias = jnp.asarray(rng.normal(size=(1, 3, t, s)), jnp.float32) if biased else None
+  cot = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+  def padded(q, k, v):
+    qp, kp, vp, c_bias, c_mask, lengths = attention.even_length_inputs(q, k, v, mask=mask, bias=bias)
+    assert qp.shape[1] % 2 == 0 and kp.shape[1] % 2 == 0 and vp.shape == kp.shape
+    return jax.nn.dot_product_attention(qp, kp, vp, bias=c_bias, mask=c_mask, key_value_seq_lengths=lengths,
+                                        implementation="xla")[:, :t]
+
+  def reference(q, k, v):
+    return attention.explicit_attention(q, k, v, mask=mask, bias=bias)
+
+  np.testing.assert_allclose(padded(q, k, v), reference(q, k, v), atol=1e-5)
+  grads = [jax.grad(lambda *a, f=f: jnp.vdot(f(*a), cot), argnums=(0, 1, 2))(q, k, v) for f in (padded, reference)]
+  for got, want in zip(*grads):
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_written_out_softmax_matches_jax_values_and_gradients():
   # Masked entries at finfo.min (as the kernels write them), a fully masked row, and the key axis not last
   # (block-sparse attention normalises over axis -2).

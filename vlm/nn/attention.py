@@ -138,6 +138,27 @@ def _warn_once(message: str) -> None:
     logging.warning(message)
 
 
+def even_length_inputs(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
+                       bias: jax.Array | None = None):
+  """Attention inputs in the form cuDNN trains on: T and S padded to even lengths, the bias at full [.., T, S]
+  extent, the key mask as a [B, 1, T, S] mask; without a mask, a padded key is excluded through per-example key
+  lengths. Returns (query, key, value, bias, mask, key lengths) for `jax.nn.dot_product_attention`; rows past the
+  original T are to be dropped from its output. Tested off GPUs through jax's XLA composition."""
+  b, t, s = query.shape[0], query.shape[1], key.shape[1]
+  tp, sp = t + t % 2, s + s % 2
+  pad = lambda x, n, fill=0: jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
+                                     constant_values=fill)
+  c_mask = c_bias = kv_lengths = None
+  if mask is not None:
+    c_mask = jnp.broadcast_to(pad(mask.astype(bool), sp, False)[:, None, None, :], (b, 1, tp, sp))
+  elif sp != s:
+    kv_lengths = jnp.full((b,), s, jnp.int32)
+  if bias is not None:
+    bias = bias.reshape((1,) * (4 - bias.ndim) + bias.shape)
+    c_bias = jnp.pad(jnp.broadcast_to(bias, bias.shape[:2] + (t, s)), [(0, 0), (0, 0), (0, tp - t), (0, sp - s)])
+  return pad(query, tp), pad(key, sp), pad(value, sp), c_bias, c_mask, kv_lengths
+
+
 def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                     bias: jax.Array | None = None) -> jax.Array:
   """`jax.nn.dot_product_attention`, through cuDNN's flash attention wherever cuDNN takes the inputs.
@@ -162,21 +183,11 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
   if bias is not None:
     bias = bias.astype(query.dtype).reshape((1,) * (4 - bias.ndim) + bias.shape)
   if jax.default_backend() == "gpu" and query.dtype in (jnp.float16, jnp.bfloat16):
-    b, t, s = query.shape[0], query.shape[1], key.shape[1]
-    tp, sp = t + t % 2, s + s % 2
-    pad = lambda x, n, fill=0: jnp.pad(x, [(0, 0), (0, n - x.shape[1])] + [(0, 0)] * (x.ndim - 2),
-                                       constant_values=fill)
-    c_mask = c_bias = kv_lengths = None
-    if mask is not None:
-      c_mask = jnp.broadcast_to(pad(mask, sp, False)[:, None, None, :], (b, 1, tp, sp))
-    elif sp != s:  # the padded key is excluded by the kernel's key lengths, without a mask tensor
-      kv_lengths = jnp.full((b,), s, jnp.int32)
-    if bias is not None:
-      c_bias = jnp.pad(jnp.broadcast_to(bias, bias.shape[:2] + (t, s)), [(0, 0), (0, 0), (0, tp - t), (0, sp - s)])
     try:
-      out = jax.nn.dot_product_attention(pad(query, tp), pad(key, sp), pad(value, sp), bias=c_bias, mask=c_mask,
-                                         key_value_seq_lengths=kv_lengths, implementation="cudnn")
-      return out[:, :t]
+      q, k, v, c_bias, c_mask, kv_lengths = even_length_inputs(query, key, value, mask=mask, bias=bias)
+      out = jax.nn.dot_product_attention(q, k, v, bias=c_bias, mask=c_mask, key_value_seq_lengths=kv_lengths,
+                                         implementation="cudnn")
+      return out[:, :query.shape[1]]
     except (NotImplementedError, ValueError) as e:  # a shape or dtype cuDNN does not take (see above)
       _warn_once(f"fused attention: cuDNN does not take q {query.shape}, k {key.shape}, bias "
                  f"{None if bias is None else bias.shape}, mask {None if mask is None else mask.shape} "
