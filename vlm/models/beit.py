@@ -153,7 +153,7 @@ class VideoBeit(nn.Module):
       prune = (i + 1) in self.prune_after and self.keep_rate < 1.0
       out = BeitBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale_init, self.dropout_rate,
                       self.attention_dropout_rate, drop_path, self.attention,
-                      block_sparse.layer_options(self.attention_kwargs, i),
+                      block_sparse.layer_options(self.attention, self.attention_kwargs, i),
                       self.layer_norm_epsilon, prune, self.dtype, name=f"layer_{i:02d}")(x, positions, train=train)
       if prune:  # node sparsity: keep the tokens [CLS] attended to most in this layer (vlm/nn/token_pruning.py)
         x, scores = out

@@ -47,6 +47,9 @@ from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
 
 
+KERNEL_NAME = "block_sparse"  # the name encoders select this kernel by (`MultiHeadAttention.attention`)
+
+
 def num_blocks(num_local: int, block_size: int) -> int:
   if block_size < 1:
     raise ValueError(f"block_size={block_size}; expected a positive number of tokens per block.")
@@ -64,12 +67,14 @@ def check_pattern_args(nblk: int, local_blocks: int, random_blocks: int) -> None
                      "the sequence; lower them or the block size.")
 
 
-def layer_options(options: Mapping[str, Any] | None, layer: int) -> Mapping[str, Any] | None:
-  """An encoder's attention options for its layer `layer`: a kernel option `eval_seed` (block-sparse) becomes
-  (seed..., layer), so every layer has its own fixed evaluation pattern; other options pass unchanged."""
-  if not options or "eval_seed" not in options:
+def layer_options(attention: str, options: Mapping[str, Any] | None, layer: int) -> Mapping[str, Any] | None:
+  """An encoder's options for the attention kernel `attention` in its layer `layer`: for block-sparse attention,
+  `eval_seed` (default 0) becomes (seed..., layer), so every layer has its own fixed evaluation pattern; other
+  kernels' options pass unchanged."""
+  if attention != KERNEL_NAME:
     return options
-  return {**options, "eval_seed": _seeds(options["eval_seed"]) + (layer,)}
+  options = dict(options or {})
+  return {**options, "eval_seed": _seeds(options.get("eval_seed", 0)) + (layer,)}
 
 
 def _seeds(eval_seed: int | Sequence[int]) -> tuple[int, ...]:
@@ -162,7 +167,7 @@ def _hilbert_index(coord: np.ndarray, bits: int) -> int:
   return index
 
 
-@attention_lib.register_attention("block_sparse")
+@attention_lib.register_attention(KERNEL_NAME)
 def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                            bias: jax.Array | None = None, dropout_rate: float = 0.0,
                            dropout_rng: jax.Array | None = None, deterministic: bool = True,

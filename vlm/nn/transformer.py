@@ -154,7 +154,7 @@ class Encoder(nn.Module):
       )(name="encoderblock", **block_kwargs)(x, mask, bias, not train)
     else:
       for i in range(self.num_layers):  # each layer its own fixed block-sparse eval pattern (scan shares one)
-        layer_kwargs = dict(block_kwargs, attention_kwargs=block_sparse.layer_options(self.attention_kwargs, i))
+        layer_kwargs = dict(block_kwargs, attention_kwargs=block_sparse.layer_options(self.attention, self.attention_kwargs, i))
         x, _ = block(name=f"encoderblock_{i:02d}", **layer_kwargs)(x, mask, bias, not train)
     aux = {"pre_norm": x}
     x = layer_norm(self.layer_norm_epsilon, self.dtype, "encoder_norm")(x)
