@@ -132,12 +132,16 @@ def test_training_redraws_the_pattern_and_eval_is_fixed():
 def test_every_encoder_layer_evaluates_with_its_own_fixed_pattern():
   kw = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1, eval_seed=3)
   per_layer = [bs.layer_options("block_sparse", kw, i) for i in range(3)]
-  assert [o["eval_seed"] for o in per_layer] == [(3, 0), (3, 1), (3, 2)]
-  assert bs.layer_options("block_sparse", None, 2) == {"eval_seed": (0, 2)}  # the default seed, per layer too
+  assert [o["layer"] for o in per_layer] == [0, 1, 2] and all(o["eval_seed"] == 3 for o in per_layer)
+  assert bs.layer_options("block_sparse", None, 2) == {"layer": 2}  # the default seed, per layer too
   assert bs.layer_options("dense", {"implementation": "explicit"}, 1) == {"implementation": "explicit"}  # as is
-  patterns = [np.asarray(bs.block_pattern(bs.eval_key(o["eval_seed"]), 10, 1, 2)) for o in per_layer]
+  # Layer i evaluates with the pattern of the seed's key with i folded in, eval_key((seed, i)): fixed, distinct.
+  patterns = [np.asarray(bs.block_pattern(bs.eval_key((3, i)), 10, 1, 2)) for i in range(3)]
   assert not np.array_equal(patterns[0], patterns[1]) and not np.array_equal(patterns[1], patterns[2])
-  np.testing.assert_array_equal(patterns[0], bs.block_pattern(bs.eval_key((3, 0)), 10, 1, 2))  # fixed
+  q, k, v = _qkv(n=61)
+  opts = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1)
+  np.testing.assert_array_equal(bs.block_sparse_attention(q, k, v, **per_layer[1]),
+                                bs.block_sparse_attention(q, k, v, pattern=jnp.asarray(patterns[1]), **opts))
   # In an encoder: deterministic at evaluation, and not the old behaviour (layer 0's pattern in every layer).
   make = lambda options: transformer.Encoder(num_layers=3, num_heads=2, mlp_dim=32, dropout_rate=0.0,
                                              attention_dropout_rate=0.0, attention="block_sparse",

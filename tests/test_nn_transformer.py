@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vlm.nn import attention
 from vlm.nn import logical
@@ -25,8 +26,13 @@ def _stack_layers(params):
   return out
 
 
-def test_scan_and_remat_match_unrolled():
+@pytest.mark.parametrize("kernel", [{}, dict(attention="block_sparse", attention_kwargs=dict(
+    block_size=1, local_blocks=1, random_blocks=1, num_global=1, eval_seed=2))])
+def test_scan_and_remat_match_unrolled(kernel):
+  """Also with block-sparse attention: the scanned layers get their index traced and evaluate with the unrolled
+  layers' per-layer patterns (4 local tokens in blocks of 1, 2 key blocks each: patterns differ by layer)."""
   x, mask = _x()
+  KW = dict(globals()["KW"], **kernel)  # pylint: disable=invalid-name
   plain = transformer.Encoder(**KW)
   shapes = nn.unbox(jax.eval_shape(lambda r: plain.init(r, x, mask=mask), jax.random.PRNGKey(0))["params"])
   rng = np.random.default_rng(0)  # numpy values: no init to compile

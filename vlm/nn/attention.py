@@ -221,7 +221,8 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, context: jax.Array | None = None, mask: jax.Array | None = None,
-               bias: jax.Array | None = None, train: bool = False) -> jax.Array:
+               bias: jax.Array | None = None, train: bool = False,
+               kernel_options: Mapping[str, Any] | None = None) -> jax.Array:
     """Self-attention over x, or cross-attention from x to `context`.
 
     Args:
@@ -230,6 +231,8 @@ class MultiHeadAttention(nn.Module):
       mask: optional [B, M] key-padding mask (nonzero = valid token).
       bias: optional logit bias broadcastable to [B, H, N, M].
       train: enables dropout (and whatever randomness the kernel uses).
+      kernel_options: kernel options known only at call time, over `attention_kwargs` (a scanned encoder's
+        traced layer index for block-sparse attention).
 
     Returns:
       [B, N, D].
@@ -248,7 +251,7 @@ class MultiHeadAttention(nn.Module):
     fn = get_attention_fn(self.attention)
     out = fn(q, k, v, mask=None if mask is None else mask.astype(bool), bias=bias,
              dropout_rate=self.dropout_rate, dropout_rng=rng, deterministic=not train,
-             **dict(self.attention_kwargs or {}))
+             **{**(self.attention_kwargs or {}), **(kernel_options or {})})
     out = EinsumDense("bnhk,hkd->bnd", heads + (d,), ((ax.HEADS, ax.KV, ax.EMBED), (ax.EMBED,)),
                       in_axes=(0, 1), out_axes=(2,), use_bias=self.use_bias, dtype=self.dtype, name="out")(out)
     if self.return_cls_attention:

@@ -11,8 +11,8 @@ nblk = ceil(N / G) blocks of G tokens; each query block attends to
 and global queries attend densely to every key. One pattern serves the whole batch and every head (as the
 release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
 evaluation they come from a fixed seed, so evaluation is deterministic (DESIGN decision 3; the release redraws
-at evaluation too). Encoders give every layer its own evaluation seed (`layer_options`: (seed, layer index)),
-so evaluation sees what training sees, independent patterns in successive layers; with one pattern shared by
+at evaluation too). Encoders give every layer its own evaluation pattern, the seed's key with the layer index
+folded in (`layer_options` in unrolled encoders; the index traced in a scanned one), so evaluation sees what training sees, independent patterns in successive layers; with one pattern shared by
 every layer a query block would reach the same few blocks in every layer.
 
 Shapes stay static: the pattern is an int [nblk, K_l + K_r] array, keys and values are gathered per query block
@@ -32,7 +32,7 @@ blocking and undoes it after, so callers keep raster order.
 
 Registered as the attention kernel 'block_sparse' (vlm/nn/attention.py); options through `attention_kwargs`:
 block_size, local_blocks, random_blocks, num_global, eval_seed, order, implementation ('auto': cuDNN's fused kernel
-on GPUs, the written-out blocked softmax elsewhere).
+on GPUs, the written-out blocked softmax elsewhere), layer (set by encoders).
 """
 from __future__ import annotations
 
@@ -68,13 +68,12 @@ def check_pattern_args(nblk: int, local_blocks: int, random_blocks: int) -> None
 
 
 def layer_options(attention: str, options: Mapping[str, Any] | None, layer: int) -> Mapping[str, Any] | None:
-  """An encoder's options for the attention kernel `attention` in its layer `layer`: for block-sparse attention,
-  `eval_seed` (default 0) becomes (seed..., layer), so every layer has its own fixed evaluation pattern; other
-  kernels' options pass unchanged."""
+  """An unrolled encoder's options for the attention kernel `attention` in its layer `layer`: block-sparse
+  attention gets the option `layer`, so every layer has its own fixed evaluation pattern (a scanned encoder passes
+  the same option traced, `transformer.Encoder`); other kernels' options pass unchanged."""
   if attention != KERNEL_NAME:
     return options
-  options = dict(options or {})
-  return {**options, "eval_seed": _seeds(options.get("eval_seed", 0)) + (layer,)}
+  return {**(options or {}), "layer": layer}
 
 
 def _seeds(eval_seed: int | Sequence[int]) -> tuple[int, ...]:
@@ -174,7 +173,8 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                            block_size: int = 56, local_blocks: int = 1, random_blocks: int = 3,
                            num_global: int = 1, eval_seed: int | Sequence[int] = 0,
                            order: Sequence[int] | None = None,
-                           pattern: jax.Array | None = None, implementation: str = "auto") -> jax.Array:
+                           pattern: jax.Array | None = None, implementation: str = "auto",
+                           layer: int | jax.Array | None = None) -> jax.Array:
   """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
 
   Args:
@@ -186,14 +186,15 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
       random blocks are drawn from `dropout_rng` (or from `eval_seed` when it is None).
     block_size: G tokens per block; local_blocks: K_l (odd); random_blocks: K_r; num_global: leading tokens
       with dense attention both ways.
-    eval_seed: seed of the fixed pattern used at evaluation: an int, or ints folded in turn (`eval_key`;
-      encoders pass (seed, layer index) through `layer_options`).
+    eval_seed: seed of the fixed pattern used at evaluation: an int, or ints folded in turn (`eval_key`).
     order: optional permutation of the N local tokens (`token_order`) applied before blocking.
     pattern: optional int [nblk, K_l + K_r] pattern overriding the draw (tests, analysis).
     implementation: 'auto' | 'fused' | 'explicit', as `dense_attention`. 'fused' runs every query block with
       its gathered keys as one batch of small attention problems through `attention.fused_attention` (cuDNN
       flash attention on GPUs); 'explicit' writes the blocked softmax out, in the layout XLA:CPU runs fastest.
       'auto' is fused on GPUs only; attention-probability dropout always takes the explicit path.
+    layer: the encoder layer's index (an int, or traced under `nn.scan`), folded into the evaluation key so
+      that every layer has its own fixed pattern (`layer_options`); None: the pattern of `eval_seed` alone.
 
   Returns:
     [B, N_total, H, K].
@@ -213,6 +214,8 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   if pattern is None:
     training = not deterministic and dropout_rng is not None
     rng = jax.random.fold_in(dropout_rng, 0x5B10C) if training else eval_key(eval_seed)
+    if layer is not None and not training:
+      rng = jax.random.fold_in(rng, layer)
     pattern = block_pattern(rng, nblk, local_blocks, random_blocks)
   kb_num = pattern.shape[1]
   pad = nblk * block_size - n

@@ -64,15 +64,18 @@ class EncoderBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None, bias: jax.Array | None,
-               deterministic: bool) -> tuple[jax.Array, None]:
-    """[B, N, D] -> ([B, N, D], None). Positional arguments and the (carry, out) result suit nn.scan."""
+               deterministic: bool, layer: jax.Array | None = None) -> tuple[jax.Array, None]:
+    """[B, N, D] -> ([B, N, D], None). Positional arguments and the (carry, out) result suit nn.scan.
+
+    `layer` (a scanned encoder's traced layer index) goes to the attention kernel as its option `layer`."""
     x = nn.with_logical_constraint(x, (ax.BATCH, ax.TOKENS, ax.ACT_EMBED))
     head_dim = self.head_dim or x.shape[-1] // self.num_heads
     y = layer_norm(self.layer_norm_epsilon, self.dtype, "ln_attention")(x)
     y = attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=head_dim, dropout_rate=self.attention_dropout_rate,
         use_bias=self.use_bias, attention=self.attention, attention_kwargs=self.attention_kwargs,
-        dtype=self.dtype, name="attention")(y, mask=mask, bias=bias, train=not deterministic)
+        dtype=self.dtype, name="attention")(y, mask=mask, bias=bias, train=not deterministic,
+                                            kernel_options=None if layer is None else {"layer": layer})
     x = x + dropout_lib.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = layer_norm(self.layer_norm_epsilon, self.dtype, "ln_mlp")(x)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, use_bias=self.use_bias,
@@ -147,13 +150,15 @@ class Encoder(nn.Module):
       # Argument 4 (counting self) is `deterministic`, a Python bool.
       block = nn.remat(EncoderBlock, static_argnums=(4,), prevent_cse=not self.scan)
     if self.scan:
+      # Block-sparse layers get their index, traced, so each evaluates with its own fixed pattern as unrolled.
+      per_layer = () if self.attention != block_sparse.KERNEL_NAME else (jnp.arange(self.num_layers),)
       x, _ = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers,
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast) + (0,) * len(per_layer), length=self.num_layers,
           metadata_params={nn.PARTITION_NAME: ax.LAYERS},
-      )(name="encoderblock", **block_kwargs)(x, mask, bias, not train)
+      )(name="encoderblock", **block_kwargs)(x, mask, bias, not train, *per_layer)
     else:
-      for i in range(self.num_layers):  # each layer its own fixed block-sparse eval pattern (scan shares one)
+      for i in range(self.num_layers):  # each layer its own fixed block-sparse eval pattern
         layer_kwargs = dict(block_kwargs, attention_kwargs=block_sparse.layer_options(self.attention, self.attention_kwargs, i))
         x, _ = block(name=f"encoderblock_{i:02d}", **layer_kwargs)(x, mask, bias, not train)
     aux = {"pre_norm": x}
