@@ -181,7 +181,7 @@ def fused_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask:
     [B, T, H, K].
   """
   if bias is not None:
-    bias = bias.astype(query.dtype).reshape((1,) * (4 - bias.ndim) + bias.shape)
+    bias = bias.astype(query.dtype)
   if jax.default_backend() == "gpu" and query.dtype in (jnp.float16, jnp.bfloat16):
     try:
       q, k, v, c_bias, c_mask, kv_lengths = even_length_inputs(query, key, value, mask=mask, bias=bias)

@@ -12,8 +12,9 @@ and global queries attend densely to every key. One pattern serves the whole bat
 release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
 evaluation they come from a fixed seed, so evaluation is deterministic (DESIGN decision 3; the release redraws
 at evaluation too). Encoders give every layer its own evaluation pattern, the seed's key with the layer index
-folded in (`layer_options` in unrolled encoders; the index traced in a scanned one), so evaluation sees what training sees, independent patterns in successive layers; with one pattern shared by
-every layer a query block would reach the same few blocks in every layer.
+folded in (`layer_options` in unrolled encoders; the index traced in a scanned one), so evaluation sees what
+training sees, independent patterns in successive layers; with one pattern shared by every layer a query block
+would reach the same few blocks in every layer.
 
 Shapes stay static: the pattern is an int [nblk, K_l + K_r] array, keys and values are gathered per query block
 ([B, nblk, (K_l + K_r) G, H, K]), so any G works and no tile size is required. Padding: N is padded with masked

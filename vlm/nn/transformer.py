@@ -159,7 +159,8 @@ class Encoder(nn.Module):
       )(name="encoderblock", **block_kwargs)(x, mask, bias, not train, *per_layer)
     else:
       for i in range(self.num_layers):  # each layer its own fixed block-sparse eval pattern
-        layer_kwargs = dict(block_kwargs, attention_kwargs=block_sparse.layer_options(self.attention, self.attention_kwargs, i))
+        options = block_sparse.layer_options(self.attention, self.attention_kwargs, i)
+        layer_kwargs = dict(block_kwargs, attention_kwargs=options)
         x, _ = block(name=f"encoderblock_{i:02d}", **layer_kwargs)(x, mask, bias, not train)
     aux = {"pre_norm": x}
     x = layer_norm(self.layer_norm_epsilon, self.dtype, "encoder_norm")(x)
