@@ -35,6 +35,7 @@ def _parse_all(paths: list[str]) -> list[dict]:
       builtin.QA_QUESTION: tf.io.VarLenFeature(tf.string),
       builtin.QA_ANSWER: tf.io.VarLenFeature(tf.string),
       builtin.QA_ANSWER_INDEX: tf.io.VarLenFeature(tf.int64),
+      builtin.QA_KIND_INDEX: tf.io.VarLenFeature(tf.int64),
       builtin.EPISODE_ID: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
       builtin.EPISODE_INDEX: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
       builtin.EPISODE_LENGTH: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
@@ -297,3 +298,67 @@ def test_deterministic_and_atomic(tmp_path, capsys, monkeypatch):
   # An existing complete cache is used without generating.
   assert builtin.ensure_builtin(str(tmp_path / "a"), **tiny) == a
   assert not glob.glob(str(tmp_path / "a" / "*.tmp-*"))
+
+
+def test_default_texts_and_cache_are_those_drawn_before_colour_changes(tmp_path):
+  # The colour-change option draws nothing while off: the texts (a function of the random stream alone, exact on
+  # every CPU) and the cache directory are those of the data before the option existed (digest taken then).
+  import hashlib  # pylint: disable=g-import-not-at-top
+  tiny = dict(num_train=8, num_test=4, num_images=4, num_frames=8, size=16, sample_rate=2000, num_shards=1)
+  ds = builtin.ensure_builtin(str(tmp_path), **tiny)
+  h = hashlib.sha256()
+  for split in ("train", "test"):
+    for raw in tf.data.TFRecordDataset(ds.files[split]).as_numpy_iterator():
+      ctx = tf.train.SequenceExample.FromString(raw).context.feature
+      for k in (records.CAPTION, builtin.QA_QUESTION, builtin.QA_ANSWER, builtin.EPISODE_SUMMARY,
+                builtin.EPISODE_NARRATION):
+        h.update(b"\n".join(ctx[k].bytes_list.value) + b"|")
+  assert h.hexdigest()[:16] == "b212da442a5ce6bc"
+  assert os.path.basename(ds.root) == "v1-4b978f3d792b"
+
+
+def _palette_colour(frame: np.ndarray) -> int:
+  """The palette colour (index into COLOURS) covering most foreground pixels of one frame [H, W, 3]: the big
+  object's (it has 2-6x the small one's area)."""
+  fg = _foreground(frame[None])[0]
+  dist = np.linalg.norm(frame[fg].astype(np.float32)[:, None] - builtin._RGB[None], axis=-1)  # pylint: disable=protected-access
+  near = dist.min(1) < 60
+  return int(np.bincount(dist.argmin(1)[near], minlength=len(builtin.COLOURS)).argmax())
+
+
+def test_colour_change_is_a_temporal_order_signal(tmp_path):
+  opts = dict(num_train=96, num_test=8, num_images=0, num_frames=8, size=32, sample_rate=2000, num_shards=1,
+              colour_change=0.5)
+  ds = builtin.ensure_builtin(str(tmp_path), **opts)
+  exs = _parse_all(ds.files["train"])
+  order = builtin.QUESTION_KINDS.index("colour order")
+  kinds = [list(ex[builtin.QA_KIND_INDEX]) for ex in exs]
+  changed = [k[0] == order for k in kinds]
+  plain = [ex for ex, c in zip(exs, changed) if (int(ex[builtin.EVENT_START]), int(ex[builtin.EVENT_END])) == (0, 8)]
+  assert 0.3 < sum(changed) / len(plain) < 0.7  # Half of the clips without an event.
+  for ex, k, c in zip(exs, kinds, changed):
+    assert len(k) == builtin.NUM_QA and k.count(order) == int(c)
+    if not c:
+      continue
+    first, last = _palette_colour(ex["frames"][0]), _palette_colour(ex["frames"][-1])
+    assert first != last  # The first frame (before F/4) and the last (after 3F/4) show different colours.
+    q, a = ex[builtin.QA_QUESTION][0], ex[builtin.QA_ANSWER][0]
+    assert a == builtin.COLOURS[first if q.endswith(("start", "first")) else last], (q, a, first, last)
+    attrs = [ds.attribute_names[i] for i in ex[builtin.ATTRIBUTE_INDEX]]
+    assert builtin.COLOURS[first] in attrs and builtin.COLOURS[last] in attrs
+    # Every caption names the change to the new colour (a synonym of it); no plain colour question is asked.
+    phrases = [t.format(cb=w) for t in builtin._CHANGE_TEMPLATES for w in builtin._COLOUR_WORDS[last]]  # pylint: disable=protected-access
+    assert all(any(p in cap for p in phrases) for cap in ex[records.CAPTION]), ex[records.CAPTION]
+    assert builtin.QUESTION_KINDS.index("colour") not in k
+    assert ex[builtin.EPISODE_NARRATION].endswith(f"turns {builtin.COLOURS[last]}")
+  # New words are appended to the vocabulary: every earlier word keeps its id.
+  vocab = builtin.vocabulary()
+  assert vocab[-4:] == ["end", "first", "start", "turns"] and vocab[5:-4] == sorted(vocab[5:-4])
+  with open(ds.vocab_file) as f:
+    words = set(f.read().split())
+  for ex in exs:
+    for t in ex[records.CAPTION] + ex[builtin.QA_QUESTION] + [ex[builtin.EPISODE_NARRATION]]:
+      assert all(w in words for w in t.split()), t
+  with pytest.raises(ValueError, match="colour_change"):
+    builtin.ensure_builtin(str(tmp_path), **dict(opts, colour_change=1.5))
+

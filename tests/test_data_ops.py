@@ -410,6 +410,26 @@ def test_captions_and_tokenize(tmp_path):
     pp.build("tokenize(4)")
 
 
+def test_sample_qa_keeps_question_answer_index_and_kind_together():
+  data = {"qa/question": np.array([b"q0", b"q1", b"q2"], dtype=object),
+          "qa/answer": np.array([b"a0", b"a1", b"a2"], dtype=object),
+          "qa/answer/index": np.array([10, 11, 12]), "qa/kind/index": np.array([5, 6, 7])}
+  first = run_both("sample_qa(random=False)", data)
+  assert (first["question"], first["answer"], first["answer_index"], first["question_kind"]) == (b"q0", b"a0", 10, 5)
+  picked = set()
+  for s in range(12):
+    out = run_both("sample_qa()", {**data, "_seed": tf.constant([s, 3], tf.int64)})
+    i = int(out["question"].item()[1:])
+    assert (out["answer"], out["answer_index"], out["question_kind"]) == (b"a%d" % i, 10 + i, 5 + i)
+    picked.add(i)
+  assert picked == {0, 1, 2}
+  # Kinds shorter than the questions (or absent): -1 (no kind); absent keys give no output key.
+  out = run_both("sample_qa(random=False)", {**data, "qa/kind/index": np.zeros([0], np.int64)})
+  assert out["question_kind"] == -1
+  out = run_both("sample_qa(random=False)", {k: data[k] for k in ("qa/question", "qa/answer")})
+  assert set(out) == {"question", "answer", "qa/question", "qa/answer"}
+
+
 def test_keep_drop_rename_copy():
   out = run_both("copy('a', 'b')|rename(c='a')|drop('x')|keep('b', 'c')",
                  {"a": np.ones(2), "x": np.zeros(1), "y": np.zeros(1)})

@@ -25,6 +25,18 @@ def test_groups_without_questions_are_left_out():
   assert set(out) == {"accuracy", "accuracy/direction"}
 
 
+def test_question_kinds_take_precedence_over_answer_groups():
+  # Two "colour order" questions answered with a colour: by answer they would count as 'colour'.
+  gt = np.array([0, 2, 2, 3])
+  pred = np.array([0, 2, 1, 4])  # direction right; first order question right, second wrong; yes/no wrong
+  kinds = np.array([0, 2, 2, -1])  # the last question has no kind: only in the overall accuracy
+  scores = np.eye(len(ANSWERS))[pred]
+  out = qa.accuracies(scores, gt, ANSWERS, GROUPS, kinds, ["direction", "colour", "colour order"])
+  assert out == pytest.approx({"accuracy": 50.0, "accuracy/direction": 100.0, "accuracy/colour order": 50.0})
+  with pytest.raises(ValueError, match="outside the 2 kinds"):
+    qa.accuracies(scores, gt, ANSWERS, GROUPS, kinds, ["direction", "colour"])
+
+
 def test_shuffle_drop_standard_error_matches_the_discordant_pair_formula():
   # For paired 0/1 outcomes the drop is (b - c) / n and the sample variance of the differences is
   # ((b + c) - (b - c)^2 / n) / (n - 1), b = right only in order, c = right only shuffled.

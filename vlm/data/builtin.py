@@ -28,6 +28,16 @@ What a clip holds (default 32 frames at 10 fps = 3.2 s, 64x64, 48 kHz mono audio
   candidates for MIL-NCE (VATT) and the text side of every contrastive/retrieval family (SViTT, HierVL, TW-BERT).
 * Video QA (`qa/question`, `qa/answer`, `qa/answer/index`, 4 pairs per clip): direction, shape, colour, count,
   speed and yes/no questions with answers from a closed set of 18 (`answer_names`); for SViTT/TW-BERT QA heads.
+  Each question's kind is `qa/kind/index` into `QUESTION_KINDS` (for accuracy per kind, as AGQA's question types).
+* Colour changes (option `colour_change`, the fraction of clips; 0 by default, and then the clips, texts and
+  questions are exactly those drawn before the option existed): the big object turns from one colour to another at a random frame in
+  the middle half of the clip, so every sparse sample of T >= 4 segments sees the first colour first and the
+  second last. Its captions say so ("... then turns blue") and the clip's first question asks for the colour
+  before or after ("what colour is the circle at the end"): a temporal-order question, like AGQA's before / after
+  questions, that one frame cannot answer and shuffled frames answer at chance, but that, unlike the sign of the
+  motion, a model of per-frame tokens learns to read at CPU scale (SViTT table A8's probe needs such a signal).
+  The tremolo of its sound switches with the colour. Event clips never change colour; later clips of the episode
+  keep the second colour.
 * Events (`event/start_frame`, `event/end_frame`): in a quarter of the clips the big object is visible only in
   frames [start, end) (its sound too); the captions describe it, so only those frames match the text. For the
   TW-BERT frame selector (and a check that selection picks frames inside the event). Otherwise [0, F).
@@ -96,6 +106,7 @@ ATTRIBUTE_TEXT = "attribute/text"
 QA_QUESTION = "qa/question"
 QA_ANSWER = "qa/answer"
 QA_ANSWER_INDEX = "qa/answer/index"
+QA_KIND_INDEX = "qa/kind/index"
 EPISODE_ID = "episode/id"
 EPISODE_INDEX = "episode/index"
 EPISODE_LENGTH = "episode/length"
@@ -109,7 +120,9 @@ CLASS_NAMES = [f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS]
 IMAGE_CLASS_NAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 ATTRIBUTE_NAMES = list(SHAPES) + list(COLOURS) + list(DIRECTIONS) + list(SPEEDS)
 ANSWER_NAMES = list(SHAPES) + list(COLOURS) + list(DIRECTIONS) + list(SPEEDS) + ["one", "two", "yes", "no"]
-# Question kind by answer (each answer belongs to one kind): QA accuracy per kind; 'direction' needs frame order.
+# Question kinds (`qa/kind/index`): QA accuracy per kind. 'direction' and 'colour order' need the frame order.
+QUESTION_KINDS = ("direction", "speed", "shape", "colour", "count", "yes/no", "colour order")
+# The same grouping by true answer, for evaluators without kinds (an order question's answer is a colour).
 ANSWER_GROUPS = {"direction": list(DIRECTIONS), "speed": list(SPEEDS), "shape": list(SHAPES),
                  "colour": list(COLOURS), "count": ["one", "two"], "yes/no": ["yes", "no"]}
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -193,6 +206,13 @@ _QUESTIONS = {
     "has_colour": ("is there {a_q} {qcolour} object", "can you see {a_q} {qcolour} shape"),
     "has_shape": ("is there {a_q} {qshape}", "can you see {a_q} {qshape}"),
 }
+_KIND_OF = {"direction": "direction", "shape": "shape", "colour": "colour", "count": "count", "speed": "speed",
+            "has_colour": "yes/no", "has_shape": "yes/no"}
+# Colour changes: a phrase appended to every caption, and the order questions (colour before / after).
+_CHANGE_TEMPLATES = (" then turns {cb}", " and then turns {cb}", " and changes colour to {cb}",
+                     " and finally turns {cb}")
+_ORDER_QUESTIONS = (("what colour is the {shape} at the start", "what colour is the {shape} first"),
+                    ("what colour is the {shape} at the end", "what colour is the {shape} finally"))
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
@@ -224,7 +244,12 @@ def vocabulary() -> list[str]:
   words = set()
   for t in texts:
     words.update(tokenize_words(re.sub(r"\{[a-z_0-9]+\}", " ", t)))
-  return list(SPECIAL_TOKENS) + sorted(words)
+  # Words of texts added later (colour changes) go after the sorted list, so that every earlier word keeps its
+  # id: datasets, vocab files and checkpoints made before stay consistent with the new ones.
+  later = set()
+  for t in _CHANGE_TEMPLATES + sum(_ORDER_QUESTIONS, ()):
+    later.update(tokenize_words(re.sub(r"\{[a-z_0-9]+\}", " ", t)))
+  return list(SPECIAL_TOKENS) + sorted(words) + sorted(later - words)
 
 
 def _describe(rng, shape: int, colour: int) -> dict[str, str]:
@@ -252,6 +277,8 @@ def _captions(rng, clip: dict[str, Any], num: int = NUM_CAPTIONS) -> list[str]:
       text = _pick(rng, _CAPTION_TEMPLATES).format(**fields)
       if clip["event"] and rng.random() < 0.5:
         text = _pick(rng, _EVENT_TEMPLATES).format(c=text)
+    if clip.get("colour_after") is not None:
+      text += _pick(rng, _CHANGE_TEMPLATES).format(cb=_pick(rng, _COLOUR_WORDS[clip["colour_after"]]))
     if clip["second"] is not None and rng.random() < 0.6:
       s2 = clip["second"]
       d2 = _describe(rng, s2["shape"], s2["colour"])
@@ -269,13 +296,23 @@ def _captions(rng, clip: dict[str, Any], num: int = NUM_CAPTIONS) -> list[str]:
   return out
 
 
-def _qa(rng, clip: dict[str, Any], num: int = NUM_QA) -> tuple[list[str], list[str]]:
-  """`num` (question, answer) pairs about a clip, answers from ANSWER_NAMES."""
+def _qa(rng, clip: dict[str, Any], num: int = NUM_QA) -> tuple[list[str], list[str], list[int]]:
+  """`num` (question, answer, kind) triples about a clip: answers from ANSWER_NAMES, kinds index QUESTION_KINDS.
+
+  A clip that changes colour asks an order question first (the one evaluation reads: `sample_qa(random=False)`)
+  and no plain colour question (which colour would be ambiguous); "the red circle" names its first colour.
+  """
   objs = [clip] + ([clip["second"]] if clip["second"] is not None else [])
+  after = clip.get("colour_after")
   d = _describe(rng, clip["shape"], clip["colour"])
-  kinds = list(_QUESTIONS)
-  order = rng.permutation(len(kinds))[:num]
-  questions, answers = [], []
+  kinds = [k for k in _QUESTIONS if not (after is not None and k == "colour")]
+  questions, answers, kind_ids = [], [], []
+  if after is not None:
+    late = int(rng.integers(2))
+    questions.append(_pick(rng, _ORDER_QUESTIONS[late]).format(shape=d["shape"]))
+    answers.append(COLOURS[after if late else clip["colour"]])
+    kind_ids.append(QUESTION_KINDS.index("colour order"))
+  order = rng.permutation(len(kinds))[:num - len(questions)]
   for i in order:
     kind = kinds[int(i)]
     fields = dict(d)
@@ -293,7 +330,7 @@ def _qa(rng, clip: dict[str, Any], num: int = NUM_QA) -> tuple[list[str], list[s
       q = int(rng.integers(len(COLOURS)))
       fields.update(qcolour=_pick(rng, _COLOUR_WORDS[q]))
       fields["a_q"] = _a(fields["qcolour"])
-      ans = "yes" if any(o["colour"] == q for o in objs) else "no"
+      ans = "yes" if any(q in (o["colour"], o.get("colour_after")) for o in objs) else "no"
     else:  # has_shape
       q = int(rng.integers(len(SHAPES)))
       fields.update(qshape=_pick(rng, _SHAPE_WORDS[q]))
@@ -301,11 +338,15 @@ def _qa(rng, clip: dict[str, Any], num: int = NUM_QA) -> tuple[list[str], list[s
       ans = "yes" if any(o["shape"] == q for o in objs) else "no"
     questions.append(_pick(rng, _QUESTIONS[kind]).format(**fields))
     answers.append(ans)
-  return questions, answers
+    kind_ids.append(QUESTION_KINDS.index(_KIND_OF[kind]))
+  return questions, answers, kind_ids
 
 
 def _narration(clip: dict[str, Any]) -> str:
-  return f"the {COLOURS[clip['colour']]} {SHAPES[clip['shape']]} moves {DIRECTIONS[clip['direction']]}"
+  text = f"the {COLOURS[clip['colour']]} {SHAPES[clip['shape']]} moves {DIRECTIONS[clip['direction']]}"
+  if clip.get("colour_after") is not None:
+    text += f" and then turns {COLOURS[clip['colour_after']]}"
+  return text
 
 
 def _summary(rng, clips: Sequence[dict[str, Any]]) -> str:
@@ -418,7 +459,8 @@ _NOISE: dict[tuple[int, int], np.ndarray] = {}
 
 
 def _sound(objects: Sequence[dict[str, Any]], gains: Sequence[np.ndarray | None], rng, num_frames: int,
-           fps: float, size: int, sample_rate: int, noise_seed: int = 0) -> np.ndarray:
+           fps: float, size: int, sample_rate: int, noise_seed: int = 0,
+           volumes: Sequence[float] | None = None) -> np.ndarray:
   """float32 [round(num_frames / fps * sample_rate)] waveform in [-1, 1], in sync with `_render`.
 
   Sample i sounds at time i / sample_rate, i.e. at fractional frame index i * fps / sample_rate. Pitch, loudness
@@ -428,6 +470,7 @@ def _sound(objects: Sequence[dict[str, Any]], gains: Sequence[np.ndarray | None]
   Args:
     objects: the sounding objects (the big one first; later ones are 6 dB quieter).
     gains: per object, None or a float32 [K] gain per control block (events).
+    volumes: per object (default 1 for the first, 0.5 for the others).
   """
   n = int(round(num_frames / fps * sample_rate))
   block = max(1, int(round(sample_rate / 1000)))
@@ -448,7 +491,7 @@ def _sound(objects: Sequence[dict[str, Any]], gains: Sequence[np.ndarray | None]
     trem = _TREMOLO_HZ[obj["colour"]]
     if trem > 0:
       loud = loud * (1.0 - 0.3 * (0.5 + 0.5 * np.sin(2 * np.pi * trem * tc)))
-    amp = loud * np.float32(1.0 if j == 0 else 0.5)
+    amp = loud * np.float32(volumes[j] if volumes is not None else 1.0 if j == 0 else 0.5)
     if gain is not None:
       amp = amp * gain
     phase = phase0[:, None] + cycles_per_sample[:, None] * within  # [K, B]
@@ -493,6 +536,8 @@ def _attributes(objs: Sequence[dict[str, Any]], motion: bool) -> list[int]:
   for o in objs:
     idx.add(o["shape"])
     idx.add(len(SHAPES) + o["colour"])
+    if o.get("colour_after") is not None:
+      idx.add(len(SHAPES) + o["colour_after"])
     if motion:
       idx.add(len(SHAPES) + len(COLOURS) + o["direction"])
       idx.add(len(SHAPES) + len(COLOURS) + len(DIRECTIONS) + o["speed"])
@@ -504,7 +549,8 @@ def _background(rng) -> np.ndarray:
 
 
 def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: int, *, num_frames: int,
-                  fps: float, size: int, sample_rate: int, jpeg_quality: int, seed: int = 0) -> list[bytes]:
+                  fps: float, size: int, sample_rate: int, jpeg_quality: int, seed: int = 0,
+                  colour_change: float = 0.0) -> list[bytes]:
   """Serialized records of one episode of `length` consecutive clips."""
   from vlm.data import media, records  # pylint: disable=g-import-not-at-top
 
@@ -528,6 +574,16 @@ def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: 
       clip["event_range"] = (ev_start, ev_start + ev_len)
     else:
       clip["event_range"] = (0, num_frames)
+    # No random draw unless the option is on: with colour_change = 0 the stream (and every byte) is unchanged.
+    if colour_change and num_frames >= 4 and not clip["event"] and rng.random() < colour_change:
+      taken = (clip["colour"], second["colour"] if second else None)
+      choices = [c for c in range(len(COLOURS)) if c not in taken]
+      after = int(choices[int(rng.integers(len(choices)))])
+      # The change frame lies in [F/4, 3F/4]: the first of T >= 4 segments is before it, the last after it.
+      clip["colour_after"] = after
+      clip["change_frame"] = int(rng.integers(-(-num_frames // 4), (3 * num_frames) // 4 + 1))
+      clip["rgb_after"] = np.clip(_RGB[after] + rng.uniform(-15, 15, 3), 0, 255).astype(np.float32)
+      main = dict(main, colour=after, rgb=clip["rgb_after"])  # Later clips of the episode keep the new colour.
     clips.append(clip)
   summary = _summary(rng, clips)
 
@@ -538,18 +594,29 @@ def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: 
     frame_idx = np.arange(num_frames)
     objs = ([clip["second"]] if clip["second"] else []) + [clip]  # The big object is drawn on top.
     vis = ([np.ones(num_frames, bool)] if clip["second"] else []) + [(frame_idx >= s) & (frame_idx < e)]
-    frames = _render(objs, vis, _background(rng), num_frames, size)
     gains = [None if not clip["event"] else _event_gain(s, e, num_frames, fps, sample_rate)]
     sound_objs = [clip] + ([clip["second"]] if clip["second"] else [])
-    gains += [None] * (len(sound_objs) - 1)
-    audio = _sound(sound_objs, gains, rng, num_frames, fps, size, sample_rate, noise_seed=seed)
-    questions, answers = _qa(rng, clip)
+    volumes = [1.0] + [0.5] * (len(sound_objs) - 1)
+    if clip.get("colour_after") is not None:
+      # The big object as two: its first colour before the change frame, the second from it on (sound: the
+      # tremolo of each colour, cross-faded over 5 ms).
+      c = clip["change_frame"]
+      late = dict(clip, colour=clip["colour_after"], rgb=clip["rgb_after"])
+      objs, vis = objs[:-1] + [clip, late], vis[:-1] + [frame_idx < c, frame_idx >= c]
+      sound_objs, volumes = [clip, late] + sound_objs[1:], [1.0] + volumes
+      gains = [_event_gain(0, c, num_frames, fps, sample_rate), _event_gain(c, num_frames, num_frames, fps,
+                                                                            sample_rate)]
+    gains += [None] * (len(sound_objs) - len(gains))
+    frames = _render(objs, vis, _background(rng), num_frames, size)
+    audio = _sound(sound_objs, gains, rng, num_frames, fps, size, sample_rate, noise_seed=seed, volumes=volumes)
+    questions, answers, kinds = _qa(rng, clip)
     present = [clip] + ([clip["second"]] if clip["second"] else [])
     attrs = _attributes(present, motion=True)
     label = clip["shape"] * len(DIRECTIONS) + clip["direction"]
     extra = {
         ATTRIBUTE_INDEX: attrs, ATTRIBUTE_TEXT: [ATTRIBUTE_NAMES[a] for a in attrs],
         QA_QUESTION: questions, QA_ANSWER: answers, QA_ANSWER_INDEX: [ANSWER_NAMES.index(a) for a in answers],
+        QA_KIND_INDEX: kinds,
         EPISODE_ID: episode, EPISODE_INDEX: i, EPISODE_LENGTH: length,
         EPISODE_NARRATION: _narration(clip), EPISODE_SUMMARY: summary,
         EVENT_START: s, EVENT_END: e,
@@ -679,7 +746,8 @@ def _load(root: str) -> BuiltinDataset:
 
 
 def generate(directory: str, *, num_train: int, num_test: int, num_images: int, num_frames: int, fps: float,
-             size: int, sample_rate: int, episode_len: int, num_shards: int, seed: int) -> dict[str, Any]:
+             size: int, sample_rate: int, episode_len: int, num_shards: int, seed: int,
+             colour_change: float = 0.0) -> dict[str, Any]:
   """Writes the dataset into `directory` (which must exist and be empty); returns the info dict."""
   from vlm.data import records  # pylint: disable=g-import-not-at-top,unused-import
   # TensorFlow is imported above (seconds, once per process), outside the reported generation time.
@@ -706,7 +774,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
         length = min(episode_len, total - done)
         writer.write_group(_clip_records(rng, split_index, episode, length, done, num_frames=num_frames, fps=fps,
                                          size=size, sample_rate=sample_rate, jpeg_quality=DEFAULT_JPEG_QUALITY,
-                                         seed=seed))
+                                         seed=seed, colour_change=colour_change))
         done += length
         episode += 1
         if total >= 256 and done >= next_report * total:
@@ -725,6 +793,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
       "image_class_names": IMAGE_CLASS_NAMES,
       "attribute_names": ATTRIBUTE_NAMES,
       "answer_names": ANSWER_NAMES,
+      "question_kinds": list(QUESTION_KINDS),
       "stats": stats,
       "seconds": round(time.time() - t0, 3),
       "bytes": sum(s["bytes"] for s in stats.values()),
@@ -734,7 +803,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
 def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_test: int = 512,
                    num_images: int = 1024, num_frames: int = 32, fps: float = 10.0, size: int = 64,
                    sample_rate: int = 48000, episode_len: int = 4, num_shards: int = 8,
-                   seed: int = 0) -> BuiltinDataset:
+                   seed: int = 0, colour_change: float = 0.0) -> BuiltinDataset:
   """Returns the built-in dataset for these options, generating it first if it is not cached.
 
   Args:
@@ -748,6 +817,8 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
     episode_len: clips per episode (HierVL).
     num_shards: TFRecord shards per split (fewer when a split has fewer episodes).
     seed: the random seed.
+    colour_change: the fraction of clips whose big object changes colour (see the module docstring); 0 leaves
+      the data (and its cache directory) as it was before the option existed.
 
   Returns:
     The `BuiltinDataset`.
@@ -756,9 +827,13 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
     raise ValueError(f"size must be >= 16, got {size}.")
   if num_frames < 1 or fps <= 0 or sample_rate < 1000 or episode_len < 1 or num_shards < 1:
     raise ValueError("num_frames, fps, episode_len and num_shards must be positive and sample_rate >= 1000.")
+  if not 0.0 <= colour_change <= 1.0:
+    raise ValueError(f"colour_change is a fraction of clips in [0, 1], got {colour_change}.")
   opts = _options(num_train=int(num_train), num_test=int(num_test), num_images=int(num_images),
                   num_frames=int(num_frames), fps=float(fps), size=int(size), sample_rate=int(sample_rate),
                   episode_len=int(episode_len), num_shards=int(num_shards), seed=int(seed))
+  if colour_change:  # Named only when on, so that the default datasets keep their cache directories.
+    opts["colour_change"] = float(colour_change)
   root = cache_dir(data_dir, opts)
   if os.path.exists(os.path.join(root, "dataset_info.json")):
     return _load(root)
@@ -795,7 +870,7 @@ def main(argv: Sequence[str] | None = None) -> BuiltinDataset:
   parser = argparse.ArgumentParser(prog="python -m vlm.data.builtin", description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default=None)
   defaults = dict(num_train=2048, num_test=512, num_images=1024, num_frames=32, fps=10.0, size=64,
-                  sample_rate=48000, episode_len=4, num_shards=8, seed=0)
+                  sample_rate=48000, episode_len=4, num_shards=8, seed=0, colour_change=0.0)
   for k, v in defaults.items():
     parser.add_argument(f"--{k}", type=type(v), default=v)
   args = vars(parser.parse_args(argv))

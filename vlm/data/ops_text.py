@@ -70,12 +70,14 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
 
 @register()
 def sample_qa(random: bool = True, question_key: str = "qa/question", answer_key: str = "qa/answer",
-              index_key: str = "qa/answer/index") -> pp.Op:
+              index_key: str = "qa/answer/index", kind_key: str = "qa/kind/index") -> pp.Op:
   """One (question, answer) pair of a clip's QA lists: a random pair (train) or the first (eval).
 
   `question_key` / `answer_key` string [Q] (parsed via `config.input.extra_context`) -> `question`, `answer`
   strings []; `index_key` int [Q], when present, -> `answer_index` int32 [] (the answer's id in the dataset's
-  closed answer list, which the QA evaluator ranks). A clip without QA pairs fails with an error naming the keys.
+  closed answer list, which the QA evaluator ranks); `kind_key` int [Q], when present, -> `question_kind`
+  int32 [] (the question's kind, for accuracy per kind; -1 where the list is shorter). A clip without QA pairs
+  fails with an error naming the keys.
   """
 
   def op(data):
@@ -89,6 +91,9 @@ def sample_qa(random: bool = True, question_key: str = "qa/question", answer_key
     out = {**data, "question": questions[i], "answer": answers[i]}
     if index_key in data:
       out["answer_index"] = tf.cast(tf.reshape(data[index_key], [-1])[i], tf.int32)
+    if kind_key in data:
+      kinds = tf.cast(tf.reshape(data[kind_key], [-1]), tf.int32)
+      out["question_kind"] = tf.concat([kinds, [-1]], 0)[tf.minimum(i, tf.size(kinds))]
     return out
 
   return op

@@ -95,6 +95,7 @@ def get_source(data: Mapping[str, Any]) -> Source:
     meta = {k: getattr(ds, k) for k in ("vocab_file", "class_names", "attribute_names", "answer_names",
                                         "num_frames", "fps", "size", "sample_rate", "root") if hasattr(ds, k)}
     meta["answer_groups"] = dict(builtin.ANSWER_GROUPS)
+    meta["question_kinds"] = list(builtin.QUESTION_KINDS)
     return Source("builtin", sorted(ds.files[split]), meta)
   if name == "records":
     files = data.get("files")

@@ -15,6 +15,10 @@ Config (`config.evals.<name>`):
     `accuracy_shuffle_drop/<group>` with the probe), grouping questions by their true answer; None takes the
     dataset's own groups where it has them (the built-in dataset: direction, speed, shape, colour, count, yes/no;
     only 'direction' needs the frame order), {} turns them off.
+  question_kinds [None]: names of the question kinds that batches carry as `question_kind` (`sample_qa` reads
+    them from `qa/kind/index`, e.g. AGQA's question types); where batches carry kinds, `accuracy/<kind>` groups
+    questions by kind instead of by answer (an order question's answer is an ordinary colour). None takes the
+    dataset's own names (the built-in dataset: `builtin.QUESTION_KINDS`, with 'colour order'), [] turns kinds off.
   candidate_batch [64]: candidates scored per call.
   shuffle_frames [False], shuffle_seed [0]: the shuffled-frame probe (SViTT table A8): `accuracy_shuffled`,
     `accuracy_shuffle_drop` and its paired standard error `accuracy_shuffle_drop_se` (`common.paired_drop`).
@@ -44,8 +48,8 @@ from vlm.evals import common
 
 
 def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict
-                ) -> tuple[list[str], str, dict[str, list[str]]]:
-  """(candidate answers, vocab file of the eval split's source, answer groups) for `eval_cfg`."""
+                ) -> tuple[list[str], str, dict[str, list[str]], list[str]]:
+  """(candidate answers, vocab file of the eval split's source, answer groups, question kind names)."""
   inp = pipeline.input_config(config, eval_cfg.input)
   source = sources_lib.get_source(inp["data"])
   answers = eval_cfg.get("answer_list", None)
@@ -62,7 +66,9 @@ def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.Conf
     unknown = [a for a in members if a not in answers]
     if unknown:
       raise ValueError(f"answer_groups[{name!r}] names answers not in the answer list: {unknown}.")
-  return list(answers), source.meta.get("vocab_file"), {k: list(v) for k, v in groups.items()}
+  kinds = eval_cfg.get("question_kinds", None)
+  kinds = source.meta.get("question_kinds", []) if kinds is None else kinds
+  return list(answers), source.meta.get("vocab_file"), {k: list(v) for k, v in groups.items()}, list(kinds)
 
 
 def tokenize_answers(answers: Sequence[str], tokenizer: vocab_lib.Tokenizer, length: int
@@ -75,20 +81,28 @@ def tokenize_answers(answers: Sequence[str], tokenizer: vocab_lib.Tokenizer, len
   return ids, (ids > 0).astype(np.int32)
 
 
-def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]]
-               ) -> dict[str, float]:
+def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]],
+               kinds: np.ndarray | None = None, kind_names: Sequence[str] = ()) -> dict[str, float]:
   """Percent of questions whose best-scoring candidate (scores [Q, C]) is the true one (gt [Q]): overall as
-  `accuracy`, and per group of true answers as `accuracy/<group>` (groups with no question are left out)."""
+  `accuracy`, and per group as `accuracy/<group>` (see `question_sets`; groups with no question are left out)."""
   correct = np.argmax(scores, axis=1) == gt
   return {name: float(100.0 * correct[sel].mean()) if gt.size else 0.0
-          for name, sel in question_sets(gt, answers, groups).items()}
+          for name, sel in question_sets(gt, answers, groups, kinds, kind_names).items()}
 
 
-def question_sets(gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]]
-                  ) -> dict[str, np.ndarray]:
-  """{metric name: [Q] bool}: every question as `accuracy`, and `accuracy/<group>` for each group of true
-  answers that has a question."""
+def question_sets(gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]],
+                  kinds: np.ndarray | None = None, kind_names: Sequence[str] = ()) -> dict[str, np.ndarray]:
+  """{metric name: [Q] bool}: every question as `accuracy`, and `accuracy/<group>` for each group that has a
+  question: the question kinds where `kinds` [Q] (ids into `kind_names`, -1 = none) and names are given, else
+  the groups of true answers."""
   sets = {"accuracy": np.ones(gt.shape, bool)}
+  if kinds is not None and len(kind_names):
+    if kinds.size and kinds.max() >= len(kind_names):
+      raise ValueError(f"question_kind {kinds.max()} outside the {len(kind_names)} kinds {list(kind_names)}.")
+    for k, name in enumerate(kind_names):
+      if (kinds == k).any():
+        sets[f"accuracy/{name}"] = kinds == k
+    return sets
   for name, members in groups.items():
     in_group = np.isin(gt, [answers.index(a) for a in members])
     if in_group.any():
@@ -104,7 +118,7 @@ class Evaluator:
     if not hasattr(task, "answer_scores"):
       raise ValueError(f"evals type 'qa': the {type(task).__name__} task has no answer_scores (use svitt_qa).")
     self.config, self.eval_cfg, self.task, self.mesh = config, eval_cfg, task, mesh
-    self.answers, vocab_file, self.groups = answer_list(config, eval_cfg)
+    self.answers, vocab_file, self.groups, self.kind_names = answer_list(config, eval_cfg)
     spec = dict(config.input.get("tokenizer") or {"kind": "words"})
     tokenizer = vocab_lib.make_tokenizer(spec, default_vocab_file=vocab_file)
     length = int(config.input.get("max_answer_len", 5))
@@ -132,7 +146,7 @@ class Evaluator:
       return {"scores": jnp.concatenate(parts, axis=1).reshape(b, v, c).mean(axis=1)}
 
     return common.collect(self.config, self.eval_cfg.input, self.mesh, fn,
-                          keys=("video", "question", "question_mask"), keep=("answer_index",),
+                          keys=("video", "question", "question_mask"), keep=("answer_index", "question_kind"),
                           max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
@@ -144,15 +158,17 @@ class Evaluator:
     if gt.size and (gt.min() < 0 or gt.max() >= len(self.answers)):
       raise ValueError(f"answer_index outside the answer list of {len(self.answers)} answers "
                        f"(min {gt.min()}, max {gt.max()}).")
-    metrics = accuracies(out["scores"], gt, self.answers, self.groups)
+    kinds = out["question_kind"].astype(np.int64) if "question_kind" in out else None
+    groups = (self.answers, self.groups, kinds, self.kind_names)
+    metrics = accuracies(out["scores"], gt, *groups)
     counts = np.bincount(gt, minlength=len(self.answers))
     metrics["majority_accuracy"] = float(100.0 * counts.max() / max(gt.size, 1))
     if self.eval_cfg.get("shuffle_frames", False):
       shuffled_scores = self._collect(variables, shuffle=True)["scores"]
-      shuffled = accuracies(shuffled_scores, gt, self.answers, self.groups)
+      shuffled = accuracies(shuffled_scores, gt, *groups)
       correct = np.argmax(out["scores"], axis=1) == gt
       correct_shuffled = np.argmax(shuffled_scores, axis=1) == gt
-      for k, sel in question_sets(gt, self.answers, self.groups).items():
+      for k, sel in question_sets(gt, *groups).items():
         drop, se = common.paired_drop(correct[sel], correct_shuffled[sel])
         metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
         metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = drop
