@@ -55,6 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.max_question_len = q_len
   c.input.max_answer_len = a_len
   c.input.extra_context = {"qa/question": "string", "qa/answer": "string", "qa/answer/index": "int"}
+  if tiny:  # the built-in dataset's question kinds: accuracy per kind (direction, colour order, ...)
+    c.input.extra_context["qa/kind/index"] = "int"
   if not tiny:
     c.input.data = dict(name="records", split="train", files=f"{a.dataset.upper()}/train-*.tfrecord")
   crop = c.input.crop_size
@@ -81,6 +83,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                           files=f"{a.dataset.upper()}/test-*.tfrecord"),
                  batch_size=64,
                  pp=(f"sample_segments({frames}, random=False){view}|normalize(-1, 1)|sample_qa(random=False)"
-                     + text + "|" + keys)))
+                     + text + "|" + keys[:-1] + ", 'question_kind')")))
   c.lock()
   return c
