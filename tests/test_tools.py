@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from vlm import config_lib
 from vlm.tools import bench
@@ -60,3 +61,32 @@ def test_bench_attention_ratios():
   assert r["dense_edges"] == 25 * 25 and r["sparse_edges"] == 24 * (1 + 12) + 25
   np.testing.assert_allclose(r["edge_ratio"], 625 / 337)
   np.testing.assert_allclose(r["efficiency"], r["dense_seconds"] / r["block_sparse_seconds"] / r["edge_ratio"])
+
+
+def test_frame_probe_accuracy_reads_linear_labels_and_not_random_ones():
+  from vlm.tools import frame_probe  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = rng.integers(4, size=800)
+  x = rng.normal(size=(4, 16))[labels] + 0.5 * rng.normal(size=(800, 16))  # 4 linearly separable clusters
+  clips = np.repeat(np.arange(100), 8)
+  assert frame_probe.probe_accuracy(x, labels, clips) > 0.9
+  assert frame_probe.probe_accuracy(x, rng.permutation(labels), clips) < 0.4  # chance 0.25
+  with pytest.raises(ValueError, match="two clips"):
+    frame_probe.probe_accuracy(x, labels, np.zeros(800, int))
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_frame_probe_sees_the_frame_only_through_absolute_positions(absolute):
+  # At initialisation the relative position biases are zero, so without an absolute table the tokens of the same
+  # patch in different frames differ only by content: the frame index is at chance; a random absolute table
+  # (one entry per space-time token) makes it linearly readable.
+  from vlm.tools import frame_probe  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(ROOT, "configs/svitt/pretrain.py:tiny"))
+  config.input.data.options = dict(num_train=64, num_test=32, num_images=64, num_frames=16, sample_rate=16_000)
+  config.model.vision_layers, config.model.text_layers, config.model.fusion_layers = 1, 1, 1
+  config.model.visual_prune_after = ()
+  config.model.absolute_positions = absolute
+  config.evals.retrieval.input.batch_size = 32
+  r = frame_probe.frame_probe(config, None, batches=1)
+  assert r["checkpoint"] == "initialisation" and r["frames"] == 4 and r["clips"] == 32
+  assert (r["frame_probe_accuracy"] > 0.6) if absolute else (r["frame_probe_accuracy"] < 0.4), r

@@ -68,7 +68,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # tiny: 16 frames at `fps` (10: 1.6 s clips; the README's table-A8 rows also try 5), 2048 train / 512 test clips;
   # the table-A8 rows also add colour changes (`--config.input.data.options.colour_change=0.5`: a frame-order
   # signal simpler than the motion's sign; vlm/data/builtin.py).
-  builtin = dict(num_train=2048, num_test=512, num_images=64, num_frames=16, fps=10.0, sample_rate=16_000)
+  builtin = dict(num_train=2048, num_test=512, num_images=64, num_frames=16, fps=10.0, sample_rate=16_000,
+                 colour_change=0.0)
   c.input.data = (dict(name="builtin", split="train", options=builtin) if a.tiny
                   else dict(name="records", split="train", files="WEBVID2M/train-*.tfrecord"))
   c.input.batch_size = batch
