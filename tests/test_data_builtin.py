@@ -320,7 +320,8 @@ def test_default_texts_and_cache_are_those_drawn_before_colour_changes(tmp_path)
 def _palette_colours(frame: np.ndarray) -> set[str]:
   """The palette colours (names) covering at least 5 foreground pixels of one frame [H, W, 3]."""
   fg = _foreground(frame[None])[0]
-  dist = np.linalg.norm(frame[fg].astype(np.float32)[:, None] - builtin._RGB[None], axis=-1)  # pylint: disable=protected-access
+  palette = builtin._RGB  # pylint: disable=protected-access
+  dist = np.linalg.norm(frame[fg].astype(np.float32)[:, None] - palette[None], axis=-1)
   counts = np.bincount(dist.argmin(1)[dist.min(1) < 60], minlength=len(builtin.COLOURS))
   return {builtin.COLOURS[i] for i in np.flatnonzero(counts >= 5)}
 
@@ -349,7 +350,8 @@ def test_colour_change_is_a_temporal_order_signal(tmp_path):
     assert first | last <= set(attrs)
     # Every caption names the change to the new colour (a synonym of it); no plain colour question is asked.
     new = builtin.COLOURS.index(a)
-    phrases = [t.format(cb=w) for t in builtin._CHANGE_TEMPLATES for w in builtin._COLOUR_WORDS[new]]  # pylint: disable=protected-access
+    templates, words = builtin._CHANGE_TEMPLATES, builtin._COLOUR_WORDS[new]  # pylint: disable=protected-access
+    phrases = [t.format(cb=w) for t in templates for w in words]
     assert all(any(p in cap for p in phrases) for cap in ex[records.CAPTION]), ex[records.CAPTION]
     assert builtin.QUESTION_KINDS.index("colour") not in k
     assert ex[builtin.EPISODE_NARRATION].endswith(f"turns {a}")

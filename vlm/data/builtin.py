@@ -30,14 +30,14 @@ What a clip holds (default 32 frames at 10 fps = 3.2 s, 64x64, 48 kHz mono audio
   speed and yes/no questions with answers from a closed set of 18 (`answer_names`); for SViTT/TW-BERT QA heads.
   Each question's kind is `qa/kind/index` into `QUESTION_KINDS` (for accuracy per kind, as AGQA's question types).
 * Colour changes (option `colour_change`, the fraction of clips; 0 by default, and then the clips, texts and
-  questions are exactly those drawn before the option existed): the big object turns from one colour to another at a random frame in
-  the middle half of the clip, so every sparse sample of T >= 4 segments sees the first colour first and the
-  second last. Its captions say so ("... then turns blue") and the clip's first question asks for the colour
-  after the change ("what colour does the circle turn"): a temporal-order question, like AGQA's "after"
-  questions, that one frame answers at chance between the two colours and so do shuffled frames; a signal of
-  frame order simpler than the sign of the motion (SViTT table A8's probe needs one).
-  The tremolo of its sound switches with the colour. Event clips never change colour; later clips of the episode
-  keep the second colour.
+  questions are exactly those drawn before the option existed): the big object turns from one colour to another
+  at a random frame in the middle half of the clip, so every sparse sample of T >= 4 segments sees the first
+  colour first and the second last. Its captions say so ("... then turns blue") and the clip's first question
+  asks for the colour after the change ("what colour does the circle turn"): a temporal-order question, like
+  AGQA's "after" questions, that one frame answers at chance between the two colours and so do shuffled frames;
+  a signal of frame order simpler than the sign of the motion (SViTT table A8's probe needs one). The tremolo of
+  its sound switches with the colour. Event clips never change colour; later clips of the episode keep the
+  second colour.
 * Events (`event/start_frame`, `event/end_frame`): in a quarter of the clips the big object is visible only in
   frames [start, end) (its sound too); the captions describe it, so only those frames match the text. For the
   TW-BERT frame selector (and a check that selection picks frames inside the event). Otherwise [0, F).
@@ -208,7 +208,7 @@ _QUESTIONS = {
 }
 _KIND_OF = {"direction": "direction", "shape": "shape", "colour": "colour", "count": "count", "speed": "speed",
             "has_colour": "yes/no", "has_shape": "yes/no"}
-# Colour changes: a phrase appended to every caption, and the order questions (colour before / after).
+# Colour changes: a phrase appended to every caption, and the order question (the colour after the change).
 _CHANGE_TEMPLATES = (" then turns {cb}", " and then turns {cb}", " and changes colour to {cb}",
                      " and finally turns {cb}")
 # One order question, the colour after the change: "before" questions as well would make the answer hinge on one
@@ -576,7 +576,7 @@ def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: 
       clip["event_range"] = (ev_start, ev_start + ev_len)
     else:
       clip["event_range"] = (0, num_frames)
-    # No random draw unless the option is on: with colour_change = 0 the stream (and every byte) is unchanged.
+    # No random draw unless the option is on: with colour_change = 0 the random stream is the one of before.
     if colour_change and num_frames >= 4 and not clip["event"] and rng.random() < colour_change:
       taken = (clip["colour"], second["colour"] if second else None)
       choices = [c for c in range(len(COLOURS)) if c not in taken]
