@@ -63,8 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   augment = f"decode()|resize({crop})" if tiny else f"random_resized_crop({crop}, area=(0.5, 1.0))"
   text = (f"|tokenize({q_len}, bos=True, eos=True, inkey='question', outkey='question', mask_key='question_mask')"
           f"|tokenize({a_len}, bos=True, eos=True, inkey='answer', outkey='answer', mask_key='answer_mask')")
-  keys = "keep('video', 'question', 'question_mask', 'answer', 'answer_mask', 'answer_index')"
-  c.input.pp = f"sample_segments({frames})|{augment}|normalize(-1, 1)|sample_qa()" + text + "|" + keys
+  keys = ["video", "question", "question_mask", "answer", "answer_mask", "answer_index"]
+  keep = lambda names: "keep(" + ", ".join(map(repr, names)) + ")"
+  c.input.pp = f"sample_segments({frames})|{augment}|normalize(-1, 1)|sample_qa()" + text + "|" + keep(keys)
 
   c.model.decoder_layers = 3 if not tiny else 2
   if not a.dense:
@@ -83,6 +84,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                                           files=f"{a.dataset.upper()}/test-*.tfrecord"),
                  batch_size=64,
                  pp=(f"sample_segments({frames}, random=False){view}|normalize(-1, 1)|sample_qa(random=False)"
-                     + text + "|" + keys[:-1] + ", 'question_kind')")))
+                     + text + "|" + keep(keys + ["question_kind"]))))  # kinds where the data has them
   c.lock()
   return c

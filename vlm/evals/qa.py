@@ -85,9 +85,12 @@ def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], group
                kinds: np.ndarray | None = None, kind_names: Sequence[str] = ()) -> dict[str, float]:
   """Percent of questions whose best-scoring candidate (scores [Q, C]) is the true one (gt [Q]): overall as
   `accuracy`, and per group as `accuracy/<group>` (see `question_sets`; groups with no question are left out)."""
-  correct = np.argmax(scores, axis=1) == gt
-  return {name: float(100.0 * correct[sel].mean()) if gt.size else 0.0
-          for name, sel in question_sets(gt, answers, groups, kinds, kind_names).items()}
+  return _percent_correct(np.argmax(scores, axis=1) == gt, question_sets(gt, answers, groups, kinds, kind_names))
+
+
+def _percent_correct(correct: np.ndarray, sets: dict[str, np.ndarray]) -> dict[str, float]:
+  """{metric name: percent of `correct` [Q] bool within each question set [Q] bool}."""
+  return {name: float(100.0 * correct[sel].mean()) if correct.size else 0.0 for name, sel in sets.items()}
 
 
 def question_sets(gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]],
@@ -159,16 +162,15 @@ class Evaluator:
       raise ValueError(f"answer_index outside the answer list of {len(self.answers)} answers "
                        f"(min {gt.min()}, max {gt.max()}).")
     kinds = out["question_kind"].astype(np.int64) if "question_kind" in out else None
-    groups = (self.answers, self.groups, kinds, self.kind_names)
-    metrics = accuracies(out["scores"], gt, *groups)
+    sets = question_sets(gt, self.answers, self.groups, kinds, self.kind_names)
+    correct = np.argmax(out["scores"], axis=1) == gt
+    metrics = _percent_correct(correct, sets)
     counts = np.bincount(gt, minlength=len(self.answers))
     metrics["majority_accuracy"] = float(100.0 * counts.max() / max(gt.size, 1))
     if self.eval_cfg.get("shuffle_frames", False):
-      shuffled_scores = self._collect(variables, shuffle=True)["scores"]
-      shuffled = accuracies(shuffled_scores, gt, *groups)
-      correct = np.argmax(out["scores"], axis=1) == gt
-      correct_shuffled = np.argmax(shuffled_scores, axis=1) == gt
-      for k, sel in question_sets(gt, *groups).items():
+      correct_shuffled = np.argmax(self._collect(variables, shuffle=True)["scores"], axis=1) == gt
+      shuffled = _percent_correct(correct_shuffled, sets)
+      for k, sel in sets.items():
         drop, se = common.paired_drop(correct[sel], correct_shuffled[sel])
         metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
         metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = drop

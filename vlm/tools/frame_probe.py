@@ -71,7 +71,7 @@ def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]
     return m.vision_norm(tokens)[:, 1:], aux["positions"][:, 1:] - 1  # patch tokens, their raster index
 
   encode = jax.jit(lambda p, v: model.apply({"params": p}, v, method=tokens_and_positions))
-  feats, frames, clips = [], [], []
+  feats, frames, clips, num_clips = [], [], [], 0
   it = pipeline.make_eval_iterator(config, eval_input, process_index=0, process_count=1)
   for i, batch in enumerate(it):
     if i >= batches:
@@ -84,7 +84,8 @@ def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]
     per_frame = (h // patch) * (w // patch)
     feats.append(tokens[real].reshape(-1, tokens.shape[-1]))
     frames.append((positions[real] // per_frame).reshape(-1))
-    clips.append(np.repeat(np.arange(real.sum()) + sum(len(c) for c in clips), tokens.shape[1]))
+    clips.append(np.repeat(np.arange(real.sum()) + num_clips, tokens.shape[1]))
+    num_clips += int(real.sum())
   x, y, g = np.concatenate(feats), np.concatenate(frames), np.concatenate(clips)
   return {"checkpoint": source, "frames": int(t), "tokens": int(x.shape[0]), "width": int(x.shape[1]),
           "clips": int(len(np.unique(g))), "frame_probe_accuracy": probe_accuracy(x, y, g), "chance": 1.0 / t}
