@@ -49,6 +49,8 @@ def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]
   """Everything the command prints, as a dict."""
   from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
   from vlm.train import trainer  # pylint: disable=g-import-not-at-top
+  if batches < 1:
+    raise ValueError(f"batches={batches}; the probe needs at least one evaluation batch.")
   task = trainer.build_task(config)
   model = getattr(task, "model", None)
   if not hasattr(model, "vision") or config.model.get("name") != "svitt":
@@ -88,7 +90,7 @@ def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]
     num_clips += int(real.sum())
   x, y, g = np.concatenate(feats), np.concatenate(frames), np.concatenate(clips)
   return {"checkpoint": source, "frames": int(t), "tokens": int(x.shape[0]), "width": int(x.shape[1]),
-          "clips": int(len(np.unique(g))), "frame_probe_accuracy": probe_accuracy(x, y, g), "chance": 1.0 / t}
+          "clips": num_clips, "frame_probe_accuracy": probe_accuracy(x, y, g), "chance": 1.0 / t}
 
 
 def main(argv):
