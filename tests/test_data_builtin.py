@@ -300,12 +300,18 @@ def test_deterministic_and_atomic(tmp_path, capsys, monkeypatch):
   assert not glob.glob(str(tmp_path / "a" / "*.tmp-*"))
 
 
-def test_default_texts_and_cache_are_those_drawn_before_colour_changes(tmp_path):
-  # The colour-change option draws nothing while off: the texts (a function of the random stream alone, exact on
-  # every CPU) and the cache directory are those of the data before the option existed (digest taken then).
+@pytest.mark.parametrize("extra,digest,directory", [
+    ({}, "b212da442a5ce6bc", "v1-4b978f3d792b"),
+    ({"colour_change": 0.5}, "0a79549dff804a82", "v1-4374018cb4ff"),
+])
+def test_texts_are_pinned_with_their_cache_directory(tmp_path, extra, digest, directory):
+  # The texts are a function of the random stream alone (exact on every CPU). Default data: the colour-change
+  # option draws nothing while off, so texts and directory are those of the data before it existed (digest taken
+  # then). If this fails after a change to the generator, the change alters cached data: bump FORMAT_VERSION
+  # (default data) or the option's OPTION_VERSIONS entry, so that old caches are not reused, and re-pin.
   import hashlib  # pylint: disable=g-import-not-at-top
   tiny = dict(num_train=8, num_test=4, num_images=4, num_frames=8, size=16, sample_rate=2000, num_shards=1)
-  ds = builtin.ensure_builtin(str(tmp_path), **tiny)
+  ds = builtin.ensure_builtin(str(tmp_path), **tiny, **extra)
   h = hashlib.sha256()
   for split in ("train", "test"):
     for raw in tf.data.TFRecordDataset(ds.files[split]).as_numpy_iterator():
@@ -313,8 +319,7 @@ def test_default_texts_and_cache_are_those_drawn_before_colour_changes(tmp_path)
       for k in (records.CAPTION, builtin.QA_QUESTION, builtin.QA_ANSWER, builtin.EPISODE_SUMMARY,
                 builtin.EPISODE_NARRATION):
         h.update(b"\n".join(ctx[k].bytes_list.value) + b"|")
-  assert h.hexdigest()[:16] == "b212da442a5ce6bc"
-  assert os.path.basename(ds.root) == "v1-4b978f3d792b"
+  assert (h.hexdigest()[:16], os.path.basename(ds.root)) == (digest, directory)
 
 
 def _palette_colours(frame: np.ndarray) -> set[str]:

@@ -59,7 +59,10 @@ templates can produce, lower-cased and sorted. The texts carry no punctuation, s
 WordPiece vocab (tensorflow_text.BertTokenizer: every word is a whole-word piece) and as a whole-word vocab.
 
 Caching: the directory is `<base>/<version>-<hash of the options>`, base = `data_dir` argument, else
-`$VLM_DATA_DIR/builtin`, else `~/.cache/vlm/builtin`. Generation writes into a temporary sibling directory and
+`$VLM_DATA_DIR/builtin`, else `~/.cache/vlm/builtin`. The hashed options include `FORMAT_VERSION` and, for each
+option that is on, its entry of `OPTION_VERSIONS`: a change to the generator that alters the default data bumps
+the first, one that alters only an option's data bumps the option's version, so that no run reads a cache
+written by older code (tests pin a digest of the texts for both). Generation writes into a temporary sibling directory and
 renames it at the end, so an interrupted run never leaves a half-written cache, and concurrent runs (several
 hosts or test workers) are safe: the first rename wins and the others use it.
 
@@ -84,6 +87,10 @@ from typing import Any, Sequence
 import numpy as np
 
 FORMAT_VERSION = 1
+# Generator version of each option's data, hashed into the cache directory while the option is on (version 2 of
+# colour_change: one "what colour does it turn" question per changing clip; version 1 asked "at the start" / "at
+# the end").
+OPTION_VERSIONS = {"colour_change": 2}
 DEFAULT_JPEG_QUALITY = 90
 
 SHAPES = ("circle", "square", "triangle")
@@ -836,6 +843,7 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
                   episode_len=int(episode_len), num_shards=int(num_shards), seed=int(seed))
   if colour_change:  # Named only when on, so that the default datasets keep their cache directories.
     opts["colour_change"] = float(colour_change)
+    opts["colour_change_version"] = OPTION_VERSIONS["colour_change"]
   root = cache_dir(data_dir, opts)
   if os.path.exists(os.path.join(root, "dataset_info.json")):
     return _load(root)
@@ -844,7 +852,7 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
   _log(f"generating {root} ...")
   tmp = tempfile.mkdtemp(prefix=os.path.basename(root) + ".tmp-", dir=parent)
   try:
-    info = generate(tmp, **{k: v for k, v in opts.items() if k not in ("format_version", "jpeg_quality")})
+    info = generate(tmp, **{k: v for k, v in opts.items() if k != "jpeg_quality" and not k.endswith("_version")})
     info["options"] = opts
     # dataset_info.json is written last: its presence marks a complete dataset.
     with open(os.path.join(tmp, "dataset_info.json"), "w", encoding="utf-8") as f:
