@@ -62,9 +62,9 @@ Caching: the directory is `<base>/<version>-<hash of the options>`, base = `data
 `$VLM_DATA_DIR/builtin`, else `~/.cache/vlm/builtin`. The hashed options include `FORMAT_VERSION` and, for each
 option that is on, its entry of `OPTION_VERSIONS`: a change to the generator that alters the default data bumps
 the first, one that alters only an option's data bumps the option's version, so that no run reads a cache
-written by older code (tests pin a digest of the texts for both). Generation writes into a temporary sibling directory and
-renames it at the end, so an interrupted run never leaves a half-written cache, and concurrent runs (several
-hosts or test workers) are safe: the first rename wins and the others use it.
+written by older code (tests pin a digest of the texts for both). Generation writes into a temporary sibling
+directory and renames it at the end, so an interrupted run never leaves a half-written cache, and concurrent runs
+(several hosts or test workers) are safe: the first rename wins and the others use it.
 
 Usage: `python -m vlm.data.builtin [--data_dir=DIR] [--num_train=2048 ...]` prints the time taken and the size.
 The bytes are deterministic for a given seed and options on a given machine (numpy's sin may differ in the last
