@@ -843,7 +843,7 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
                   episode_len=int(episode_len), num_shards=int(num_shards), seed=int(seed))
   if colour_change:  # Named only when on, so that the default datasets keep their cache directories.
     opts["colour_change"] = float(colour_change)
-    opts["colour_change_version"] = OPTION_VERSIONS["colour_change"]
+  opts.update({f"{name}_version": version for name, version in OPTION_VERSIONS.items() if name in opts})
   root = cache_dir(data_dir, opts)
   if os.path.exists(os.path.join(root, "dataset_info.json")):
     return _load(root)
