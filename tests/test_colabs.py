@@ -13,7 +13,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs_and_plots(path, monkeypatch):
-  monkeypatch.setenv("VLM_COLAB_STEPS", "150")
+  monkeypatch.setenv("VLM_COLAB_STEPS", "100")
   monkeypatch.setenv("VLM_COLAB_CLIPS", "256")  # a smaller built-in dataset: generation and evaluation 4-8x faster
   # One real CPU device in the kernel, whatever the test session's fake-device flags.
   monkeypatch.setenv("XLA_FLAGS", "")
