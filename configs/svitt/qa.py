@@ -16,8 +16,9 @@ Arguments (`FILE:ARG`, comma separated):
   frames   T (default 8: table A4; tiny 4).
   dense    dense attention, no pruning.
   steps    total steps (default: table A4's epochs over table A2's question count at batch 128).
-           The tiny default (800) learns the frame-order ('colour order') questions of the built-in dataset's
-           `colour_change` option only at steps=2400 (table A8 at tiny scale: README "Results").
+           The frame-order ('colour order') questions of the built-in dataset's `colour_change` option stay at
+           chance with the tiny default (800) and are learnt with steps=2400 (table A8 at tiny scale: README
+           "Results").
 
 Table A4 (QA): 8 frames, 5 epochs (1 for AGQA), no warm-up, batch 128, lr 5e-5, weight decay 0.02, question 25
 tokens, answer 5, blocks (1, 3, 56), keep rates (q_v, q_m) = (0.6, 0.5). Evaluation ranks the answer list by the
