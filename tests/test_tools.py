@@ -61,6 +61,8 @@ def test_bench_attention_ratios():
   assert r["dense_edges"] == 25 * 25 and r["sparse_edges"] == 24 * (1 + 12) + 25
   np.testing.assert_allclose(r["edge_ratio"], 625 / 337)
   np.testing.assert_allclose(r["efficiency"], r["dense_seconds"] / r["block_sparse_seconds"] / r["edge_ratio"])
+  for name in ("dense", "block_sparse"):  # process CPU time / wall time: some of one core, at most every core
+    assert 0.0 < r[f"{name}_cores_busy"] <= os.cpu_count() + 0.5, r
 
 
 def test_frame_probe_accuracy_reads_linear_labels_and_not_random_ones():

@@ -10,6 +10,7 @@ with `--dense=` / `--sparse=fused|explicit`), with one [CLS] token in front of `
   edge ratio    dense edges / block-sparse edges (the ideal speed-up: attention work is proportional to edges),
   speed-up      dense time / block-sparse time (medians of --runs rounds after compilation; each round runs both),
   efficiency    speed-up / edge ratio (1.0 = the sparse kernel is exactly as fast per edge as the dense one).
+  cores busy    (CPU only) process CPU time / wall time of each kernel: how many cores its run kept busy.
 
 The random pattern is drawn inside the timed function (training mode), as in a real step. Each kernel's line
 says whether its compiled program calls cuDNN. On a GPU (bf16, the cuDNN comparison of SViTT's issue):
@@ -19,7 +20,9 @@ says whether its compiled program calls cuDNN. On a GPU (bf16, the cuDNN compari
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import time
 from typing import Any
 
 from absl import app
@@ -74,14 +77,22 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
     jax.block_until_ready(grads[name](q, k, v, keys[3], cot))  # warm-up
   # The kernels take turns, one run each per round, so both see the same drift in machine load (the median of
   # back-to-back blocks moved the ratio by +-10% between runs on a shared VM).
+  # Process CPU time over wall time, per run, says how many cores a kernel keeps busy (on CPU backends): the
+  # dense kernel's large dots spread over the cores, the block-sparse kernel's batches of small dots run on one
+  # thread in XLA:CPU (README, attention benchmark row), which is what holds its efficiency down on CPUs.
   times = {name: [] for name in grads}
+  cores = {name: [] for name in grads}
   for _ in range(steps):
     for name, grad in grads.items():
-      times[name].append(common.median_seconds(lambda grad=grad: grad(q, k, v, keys[3], cot), 1)[0])
+      cpu_start = time.process_time()
+      wall = common.median_seconds(lambda grad=grad: grad(q, k, v, keys[3], cot), 1)[0]
+      times[name].append(wall)
+      cores[name].append((time.process_time() - cpu_start) / wall)
   results = {}
   for name, ts in times.items():
     results[f"{name}_seconds"] = statistics.median(ts)
     results[f"{name}_seconds_all"] = ts
+    results[f"{name}_cores_busy"] = statistics.median(cores[name])
   dense_edges = n_total * n_total
   sparse_edges = block_sparse.edge_count(tokens, 1, block_size, local_blocks, random_blocks)
   edge_ratio = dense_edges / sparse_edges
@@ -89,7 +100,8 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
   return {**results, "dense_edges": float(dense_edges), "sparse_edges": float(sparse_edges),
           "edge_ratio": edge_ratio, "speedup": speedup, "efficiency": speedup / edge_ratio,
           "dense_cudnn": uses_cudnn["dense"], "block_sparse_cudnn": uses_cudnn["block_sparse"],
-          "dtype": dtype, "device": jax.devices()[0].device_kind, "allocator": common.allocator()}
+          "dtype": dtype, "device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+          "allocator": common.allocator()}
 
 
 def main(argv):
@@ -107,6 +119,9 @@ def main(argv):
         f"{r['block_sparse_seconds'] * 1e3:.2f} ms ({kernel('block_sparse')}), {r['dtype']}")
   print(f"edge ratio {r['edge_ratio']:.2f}x (ideal), speed-up {r['speedup']:.2f}x, "
         f"efficiency {r['efficiency']:.2f} of the ideal")
+  if r["platform"] == "cpu":
+    print(f"cores busy (process CPU time / wall time): dense {r['dense_cores_busy']:.2f}, block-sparse "
+          f"{r['block_sparse_cores_busy']:.2f} of {os.cpu_count()}")
 
 
 if __name__ == "__main__":
