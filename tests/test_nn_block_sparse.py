@@ -50,18 +50,66 @@ def test_equals_dense_attention_under_the_same_mask(order_kind, implementation):
   kw = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1, pattern=pattern, order=order,
             implementation=implementation)
 
-  def sparse(q, k, v):
+  def sparse(q, k, v, bias):
     return bs.block_sparse_attention(q, k, v, mask=mask, bias=bias, **kw)
 
-  def dense(q, k, v):
+  def dense(q, k, v, bias):
     return _dense_reference(q, k, v, pattern, 1, g, mask=mask, bias=bias, order=order)
 
-  np.testing.assert_allclose(sparse(q, k, v), dense(q, k, v), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(sparse(q, k, v, bias), dense(q, k, v, bias), atol=1e-5, rtol=1e-5)
   loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
-  gs = jax.grad(loss(sparse), argnums=(0, 1, 2))(q, k, v)
-  gd = jax.grad(loss(dense), argnums=(0, 1, 2))(q, k, v)
+  gs = jax.grad(loss(sparse), argnums=(0, 1, 2, 3))(q, k, v, bias)  # the bias is learned (relative positions)
+  gd = jax.grad(loss(dense), argnums=(0, 1, 2, 3))(q, k, v, bias)
   for a, b in zip(gs, gd):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias_batch", [1, 2])
+def test_gradients_with_attention_dropout_match_finite_differences(bias_batch):
+  """With attention dropout (one fixed draw) there is no dense reference: the gradient's directional derivative
+  along a random direction of (q, k, v, bias) must match a central finite difference of the same function. A
+  key-padding mask, a batch whose second example has every key masked, and per-example or shared biases."""
+  q, k, v = _qkv(n=1 + 24)
+  g = 6
+  pattern = bs.block_pattern(jax.random.key(3), bs.num_blocks(24, g), 1, 2)
+  mask = jnp.ones((2, 25), bool).at[0, 20:].set(False).at[1].set(False)
+  bias = jax.random.normal(jax.random.key(4), (bias_batch, 2, 25, 25))
+  cot = jax.random.normal(jax.random.key(7), q.shape)
+
+  @jax.jit
+  def f(q, k, v, bias):
+    out = bs.block_sparse_attention(q, k, v, mask=mask, bias=bias, block_size=g, local_blocks=1, random_blocks=2,
+                                    num_global=1, pattern=pattern, implementation="explicit", dropout_rate=0.3,
+                                    dropout_rng=jax.random.key(8), deterministic=False)
+    return jnp.vdot(out, cot)
+
+  x = (q, k, v, bias)
+  u = [jax.random.normal(jax.random.key(10 + i), a.shape) for i, a in enumerate(x)]
+  grads = jax.grad(f, argnums=(0, 1, 2, 3))(*x)
+  eps = 1e-2
+  shifted = lambda sign: f(*(a + sign * eps * d for a, d in zip(x, u)))
+  numeric = (shifted(1.0) - shifted(-1.0)) / (2 * eps)
+  analytic = sum(jnp.vdot(gr, d) for gr, d in zip(grads, u))
+  np.testing.assert_allclose(analytic, numeric, rtol=1e-2)
+  assert float(jnp.abs(grads[3]).sum()) > 0.0  # the bias does get a gradient
+
+
+def test_head_groups_give_the_same_values_and_gradients():
+  q, k, v = _qkv(h=4)
+  pattern = bs.block_pattern(jax.random.key(3), bs.num_blocks(37, 6), 1, 2)
+  bias = jax.random.normal(jax.random.key(4), (2, 4, 38, 38))
+  kw = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1, pattern=pattern, implementation="explicit",
+            dropout_rate=0.2, dropout_rng=jax.random.key(5), deterministic=False)
+  run = lambda groups: jax.value_and_grad(
+      lambda q, k, v, bias: jnp.sum(jnp.sin(bs.block_sparse_attention(q, k, v, bias=bias, head_groups=groups, **kw))),
+      argnums=(0, 1, 2, 3))(q, k, v, bias)
+  (value1, grads1), (value2, grads2), (value4, _) = run(1), run(2), run(4)
+  np.testing.assert_allclose(value2, value1, rtol=1e-6)
+  np.testing.assert_allclose(value4, value1, rtol=1e-6)
+  for a, b in zip(grads2, grads1):
+    np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+  with pytest.raises(ValueError, match="divisor of the 4 heads"):
+    run(3)
 
 
 def test_equals_dense_without_mask_or_padding():

@@ -33,10 +33,12 @@ blocking and undoes it after, so callers keep raster order.
 
 Registered as the attention kernel 'block_sparse' (vlm/nn/attention.py); options through `attention_kwargs`:
 block_size, local_blocks, random_blocks, num_global, eval_seed, order, implementation ('auto': cuDNN's fused kernel
-on GPUs, the written-out blocked softmax elsewhere), layer (set by encoders).
+on GPUs, the written-out blocked softmax elsewhere), layer (set by encoders), head_groups (the written-out path's
+independent head groups; `default_head_groups`).
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Mapping, Sequence
 
@@ -167,6 +169,89 @@ def _hilbert_index(coord: np.ndarray, bits: int) -> int:
   return index
 
 
+def default_head_groups(num_heads: int) -> int:
+  """Head groups of the explicit path: 2 on CPUs (when the heads split evenly), 1 elsewhere.
+
+  Why: XLA:CPU runs each batched dot of small blocks on one thread, and its thunk executor runs independent
+  operations side by side only when more than two are ready at once (it does not split a ready queue of two).
+  Two head groups make every dot of the forward and backward pass one of a pair of independent ones, so both
+  cores work. `python -m vlm.tools.bench_attention` (SViTT's (1, 3, 56) at 8 frames, 12 heads, 2-core CPU), two
+  interleaved runs: 1 group 237-254 ms (efficiency 0.61-0.66), 2 groups 171-192 ms (0.77-0.86), 3 groups 203-204
+  ms (0.74-0.75) against a 1015-1091 ms dense kernel; a first trial read 262 ms for 4 groups and 219 ms for 6.
+  """
+  if jax.default_backend() == "cpu" and num_heads % 2 == 0:
+    return 2
+  return 1
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _blocked_attention(k_sel: jax.Array, v_sel: jax.Array, q_scaled: jax.Array, bias: jax.Array | None,
+                       mask: jax.Array | None, keep: jax.Array | None, keep_scale: float) -> jax.Array:
+  """The blocked softmax attention of the explicit path, with a hand-written backward pass.
+
+  Args:
+    k_sel, v_sel: [B, H, nblk, S_b, K] each query block's keys and values (globals first, then gathered blocks).
+    q_scaled: [B, H, nblk, G, K] the query blocks times K^-1/2.
+    bias: optional float [B|1, H, nblk, S_b, G] logit bias of every edge; mask: optional bool, broadcastable to
+      the logits [B, H, nblk, S_b, G], True where a key may be attended to.
+    keep: optional bool [B, H, nblk, S_b, G] attention-dropout keep mask; keep_scale: 1 / (1 - rate).
+
+  Returns:
+    [B, H, nblk, K, G]: each block's output, feature-major (the layout of the dots below).
+
+  Scores are laid out key-major, [.., S_b, G] (softmax over the key axis -2): XLA:CPU runs these small batched
+  dots ~1.4x faster in this layout than as [.., G, S_b] (measured on the [56 x 64] x [64 x 225] dots of SViTT's
+  (1, 3, 56) setting); the gather-free core took 195 ms in this form under autodiff, 211 ms with the output as
+  [.., G, K], 251 ms query-major, and 267 ms with a hand-written VJP that kept every dot's contracted axis minor.
+
+  Why a hand-written VJP (the dots keep the layouts autodiff gives them): the backward pass has two pairs of
+  independent dots, dP = dO V^T with dV = P^T dO, and dQ = dS K with dK = dS^T Q. Under autodiff XLA:CPU ran all
+  four in turn on one thread: its buffer assignment put dV's output over buffers dP reads (the scores), a
+  write-after-read dependency for its thunk executor. Here each pair ends in `optimization_barrier`, which keeps
+  the pair's operands alive until both dots are done, so neither output can take the other's input buffer, and
+  the backward reuses the forward's probabilities instead of recomputing the softmax. `python -m
+  vlm.tools.bench_attention` on the 2-core CPU, one head group, interleaved with the autodiff version: 259-277 ->
+  222-237 ms against a 984-1039 ms dense kernel (efficiency 0.54-0.55 -> 0.63-0.64); with a learned bias (SViTT's
+  relative positions) 474 -> 429 ms; same values and gradients to float32 rounding.
+  """
+  return _blocked_attention_fwd(k_sel, v_sel, q_scaled, bias, mask, keep, keep_scale)[0]
+
+
+def _blocked_attention_fwd(k_sel, v_sel, q_scaled, bias, mask, keep, keep_scale):
+  logits = jnp.einsum("bhnsd,bhngd->bhnsg", k_sel, q_scaled, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = attention_lib.softmax(logits, axis=-2)
+  weights = probs if keep is None else jnp.where(keep, probs * keep_scale, 0.0)
+  out = jnp.einsum("bhnsd,bhnsg->bhndg", v_sel, weights.astype(v_sel.dtype))
+  return out, (k_sel, v_sel, q_scaled, bias, mask, keep, probs)
+
+
+def _blocked_attention_bwd(keep_scale, residuals, d_out):
+  k_sel, v_sel, q_scaled, bias, mask, keep, probs = residuals
+  weights = probs if keep is None else jnp.where(keep, probs * keep_scale, 0.0)
+  d_v = jnp.einsum("bhnsg,bhndg->bhnsd", weights.astype(d_out.dtype), d_out)
+  d_w = jnp.einsum("bhnsd,bhndg->bhnsg", v_sel, d_out, preferred_element_type=jnp.float32)
+  d_v, d_w, probs, v_sel, d_out = jax.lax.optimization_barrier((d_v, d_w, probs, v_sel, d_out))
+  d_p = d_w if keep is None else jnp.where(keep, d_w * keep_scale, 0.0)
+  d_logits = probs * (d_p - jnp.sum(d_p * probs, axis=-2, keepdims=True))  # softmax backward over keys
+  if mask is not None:  # masked logits were constants (exactly 0 already unless a whole row is masked)
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  d_q = jnp.einsum("bhnsg,bhnsd->bhngd", d_logits.astype(k_sel.dtype), k_sel)
+  d_k = jnp.einsum("bhnsg,bhngd->bhnsd", d_logits.astype(q_scaled.dtype), q_scaled)
+  d_q, d_k, d_logits, k_sel, q_scaled = jax.lax.optimization_barrier((d_q, d_k, d_logits, k_sel, q_scaled))
+  d_bias = None
+  if bias is not None:
+    d_bias = d_logits if bias.shape[0] == d_logits.shape[0] else d_logits.sum(axis=0, keepdims=True)
+    d_bias = d_bias.astype(bias.dtype)
+  return d_k.astype(k_sel.dtype), d_v.astype(v_sel.dtype), d_q.astype(q_scaled.dtype), d_bias, None, None
+
+
+_blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
+
+
 @attention_lib.register_attention(KERNEL_NAME)
 def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                            bias: jax.Array | None = None, dropout_rate: float = 0.0,
@@ -175,7 +260,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                            num_global: int = 1, eval_seed: int | Sequence[int] = 0,
                            order: Sequence[int] | None = None,
                            pattern: jax.Array | None = None, implementation: str = "auto",
-                           layer: int | jax.Array | None = None) -> jax.Array:
+                           layer: int | jax.Array | None = None, head_groups: int | None = None) -> jax.Array:
   """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
 
   Args:
@@ -196,6 +281,8 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
       'auto' is fused on GPUs only; attention-probability dropout always takes the explicit path.
     layer: the encoder layer's index (an int, or traced under `nn.scan`), folded into the evaluation key so
       that every layer has its own fixed pattern (`layer_options`); None: the pattern of `eval_seed` alone.
+    head_groups: the explicit path splits the heads into this many groups computed as independent operations
+      (same result); None: 2 on CPUs when H is even (`default_head_groups`), else 1.
 
   Returns:
     [B, N_total, H, K].
@@ -269,37 +356,39 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                                         mask=m_all.reshape(b * nblk, -1) if masked else None)
     out_loc = out.reshape(b, nblk * block_size, h, dk)[:, :n]
   else:
-    # Head-major blocks [B, H, nblk, G, K]: batch and head lead, so every einsum below is a plain batched matmul
-    # (XLA:CPU inserts transposes around dots whose batch axes are not leading).
-    heads_first = lambda x: x.reshape(b, nblk, block_size, h, dk).transpose(0, 3, 1, 2, 4)
-    q_loc = heads_first(local_part(query))
+    # Head-major blocks [B, H', nblk, G, K] of a group of H' heads: batch and head lead, so every einsum is a plain
+    # batched matmul (XLA:CPU inserts transposes around dots whose batch axes are not leading).
+    groups = default_head_groups(h) if head_groups is None else head_groups
+    if groups < 1 or h % groups:
+      raise ValueError(f"head_groups={groups}; expected a divisor of the {h} heads.")
+    hg = h // groups
 
-    def keys_of_blocks(x):  # [B, H, nblk, S_b, K]
-      sel = heads_first(local_part(x))[:, :, pattern].reshape(b, h, nblk, kb_num * block_size, dk)
-      glob = jnp.broadcast_to(x[:, :g_num].transpose(0, 2, 1, 3)[:, :, None], (b, h, nblk, g_num, dk))
-      return jnp.concatenate([glob, sel], axis=3)
+    def heads_first(x, g):  # [B, N, H, K] -> group g's [B, H', nblk, G, K]
+      x = local_part(x[:, :, g * hg:(g + 1) * hg])
+      return x.reshape(b, nblk, block_size, hg, dk).transpose(0, 3, 1, 2, 4)
 
-    # Scores are laid out key-major, [B, H, nblk, S_b, G] (softmax over the key axis -2): XLA:CPU runs these
-    # small batched dots ~1.4x faster in this layout than as [.., G, S_b] (measured on the [56 x 64] x [64 x 225]
-    # dots of SViTT's (1, 3, 56) setting; with the written-out softmax the kernel went from 404 to 328 ms in
-    # `python -m vlm.tools.bench_attention`). The gather-free core (these dots and the softmax, forward + backward,
-    # B = 4, H = 12) takes 195 ms in this form; 211 ms with the output as [.., G, K], 251 ms query-major, and 267
-    # ms with a hand-written VJP that keeps every dot's contracted axis minor.
-    scale = dk ** -0.5
-    logits = jnp.einsum("bhnsd,bhngd->bhnsg", keys_of_blocks(key), q_loc, preferred_element_type=jnp.float32)
-    logits = logits * scale
+    def keys_of_blocks(x, g):  # [B, H', nblk, S_b, K]
+      sel = heads_first(x, g)[:, :, pattern].reshape(b, hg, nblk, kb_num * block_size, dk)
+      glob = x[:, :g_num, g * hg:(g + 1) * hg].transpose(0, 2, 1, 3)[:, :, None]
+      return jnp.concatenate([jnp.broadcast_to(glob, (b, hg, nblk, g_num, dk)), sel], axis=3)
+
+    edge_bias = None
     if bias is not None:
       # bias[..., query position, key position] for every (block, key, query) edge: [B|1, H, nblk, S_b, G]
-      logits = logits + full_bias.astype(jnp.float32)[:, :, pos_blocks[:, None, :], k_pos[:, :, None]]
-    if masked:
-      logits = jnp.where(m_all[:, None, :, :, None], logits, jnp.finfo(jnp.float32).min)
-    weights = attention_lib.softmax(logits, axis=-2)
+      edge_bias = full_bias[:, :, pos_blocks[:, None, :], k_pos[:, :, None]]
+    keep, keep_scale = None, 1.0
     if not deterministic and dropout_rate > 0.0:
       if dropout_rng is None:
         raise ValueError("Attention dropout needs dropout_rng.")
-      keep = dropout_lib.keep_mask(dropout_rng, weights.shape, dropout_rate)
-      weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    out_loc = jnp.einsum("bhnsd,bhnsg->bhndg", keys_of_blocks(value), weights.astype(value.dtype))  # [B,H,nblk,K,G]
+      keep = dropout_lib.keep_mask(dropout_rng, (b, h, nblk, m_all.shape[-1], block_size), dropout_rate)
+      keep_scale = 1.0 / (1.0 - dropout_rate)
+    scale = jnp.asarray(dk ** -0.5, query.dtype)
+    heads = lambda x, g: None if x is None else x[:, g * hg:(g + 1) * hg]
+    out_loc = jnp.concatenate([
+        _blocked_attention(keys_of_blocks(key, g), keys_of_blocks(value, g), heads_first(query, g) * scale,
+                           heads(edge_bias, g), m_all[:, None, :, :, None] if masked else None, heads(keep, g),
+                           keep_scale)
+        for g in range(groups)], axis=1)  # [B, H, nblk, K, G]
     out_loc = out_loc.transpose(0, 2, 4, 1, 3).reshape(b, nblk * block_size, h, dk)[:, :n]
   if perm is not None:
     out_loc = jnp.zeros_like(out_loc).at[:, perm].set(out_loc)  # back to the caller's order

@@ -78,8 +78,9 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
   # The kernels take turns, one run each per round, so both see the same drift in machine load (the median of
   # back-to-back blocks moved the ratio by +-10% between runs on a shared VM).
   # Process CPU time over wall time, per run, says how many cores a kernel keeps busy (on CPU backends): the
-  # dense kernel's large dots spread over the cores, the block-sparse kernel's batches of small dots run on one
-  # thread in XLA:CPU (README, attention benchmark row), which is what holds its efficiency down on CPUs.
+  # dense kernel's large dots spread over the cores; XLA:CPU runs each batched dot of small blocks on one thread,
+  # so the block-sparse kernel keeps the cores busy only with independent dots side by side (its head groups,
+  # `block_sparse.default_head_groups`).
   times = {name: [] for name in grads}
   cores = {name: [] for name in grads}
   for _ in range(steps):
