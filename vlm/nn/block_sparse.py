@@ -362,14 +362,15 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
     if groups < 1 or h % groups:
       raise ValueError(f"head_groups={groups}; expected a divisor of the {h} heads.")
     hg = h // groups
+    group = lambda g: slice(g * hg, (g + 1) * hg)  # group g's heads
 
     def heads_first(x, g):  # [B, N, H, K] -> group g's [B, H', nblk, G, K]
-      x = local_part(x[:, :, g * hg:(g + 1) * hg])
+      x = local_part(x[:, :, group(g)])
       return x.reshape(b, nblk, block_size, hg, dk).transpose(0, 3, 1, 2, 4)
 
     def keys_of_blocks(x, g):  # [B, H', nblk, S_b, K]
       sel = heads_first(x, g)[:, :, pattern].reshape(b, hg, nblk, kb_num * block_size, dk)
-      glob = x[:, :g_num, g * hg:(g + 1) * hg].transpose(0, 2, 1, 3)[:, :, None]
+      glob = x[:, :g_num, group(g)].transpose(0, 2, 1, 3)[:, :, None]
       return jnp.concatenate([jnp.broadcast_to(glob, (b, hg, nblk, g_num, dk)), sel], axis=3)
 
     edge_bias = None
@@ -383,11 +384,11 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
       keep = dropout_lib.keep_mask(dropout_rng, (b, h, nblk, m_all.shape[-1], block_size), dropout_rate)
       keep_scale = 1.0 / (1.0 - dropout_rate)
     scale = jnp.asarray(dk ** -0.5, query.dtype)
-    heads = lambda x, g: None if x is None else x[:, g * hg:(g + 1) * hg]
+    edge_mask = m_all[:, None, :, :, None] if masked else None  # [B, 1, nblk, S_b, 1]
+    heads = lambda x, g: None if x is None else x[:, group(g)]  # group g of a [B|1, H, ...] array
     out_loc = jnp.concatenate([
         _blocked_attention(keys_of_blocks(key, g), keys_of_blocks(value, g), heads_first(query, g) * scale,
-                           heads(edge_bias, g), m_all[:, None, :, :, None] if masked else None, heads(keep, g),
-                           keep_scale)
+                           heads(edge_bias, g), edge_mask, heads(keep, g), keep_scale)
         for g in range(groups)], axis=1)  # [B, H, nblk, K, G]
     out_loc = out_loc.transpose(0, 2, 4, 1, 3).reshape(b, nblk * block_size, h, dk)[:, :n]
   if perm is not None:
