@@ -6,7 +6,7 @@ setuptools.setup(
     version="0.1.0",
     description="JAX/Flax, TPU-first training codebase for video-language models.",
     packages=setuptools.find_packages(include=["vlm", "vlm.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # jax 0.10.2 and libtpu 0.0.42 declare Requires-Python >=3.11
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

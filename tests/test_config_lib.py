@@ -32,3 +32,42 @@ def test_parsed_arg_is_locked():
 def test_load_config_missing_file():
   with pytest.raises(FileNotFoundError, match="does not exist"):
     config_lib.load_config("configs/nope.py:tiny")
+
+
+def test_explicit_args_survive_the_tiny_block():
+  """The tiny block runs first; `apply_args` then writes what the arg string set (`steps=500000,tiny`)."""
+  a = config_lib.parse_arg("tiny,steps=500000", variant="BBS", tiny=False, batch=2048, steps=500_000)
+  assert a.explicit == ("tiny", "steps")
+  c = config_lib.experiment(total_steps=a.steps)
+  c.input = dict(batch_size=a.batch)
+  if a.tiny:
+    c.total_steps, c.input.batch_size = 1200, 32
+  config_lib.apply_args(c, a, steps="total_steps", batch="input.batch_size")
+  assert c.total_steps == 500_000 and c.input.batch_size == 32
+  with pytest.raises(KeyError, match="'lr' is not an arg"):
+    config_lib.apply_args(c, a, lr="optim.lr")
+  with pytest.raises(ValueError, match="'explicit' is reserved"):
+    config_lib.parse_arg("", explicit=False)
+
+
+def test_shared_blocks():
+  c = config_lib.experiment(total_steps=10)
+  assert c.init.path is None and c.init.assignment_map == () and not c.init.fallback_to_scratch
+  c.init.path = "/tmp/x"  # a placeholder accepts a string
+  config_lib.parallelism(c, sharding="fsdp")
+  assert c.sharding == "fsdp" and c.mesh[0] == ("data", -1)
+  o = config_lib.optimizer("adamw", 1e-3, weight_decay=0.05, warmup_steps=5, b1=0.9)
+  assert o.b1 == 0.9 and o.schedule.warmup_steps == 5 and o.grad_clip_norm is None
+
+
+@pytest.mark.parametrize("spec,steps,batch", [
+    ("configs/vatt/pretrain.py:tiny,steps=500000", 500_000, 32),
+    ("configs/vatt/pretrain.py:tiny,batch=2048", 1200, 2048),
+    ("configs/vatt/finetune.py:tiny,steps=100000", 100_000, 32),
+    ("configs/tubevit/kinetics.py:tiny,steps=300000,batch=256", 300_000, 256),
+])
+def test_an_explicit_arg_is_never_replaced_by_the_tiny_form(spec, steps, batch):
+  import os  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(os.path.join(root, spec))
+  assert (config.total_steps, config.input.batch_size) == (steps, batch)

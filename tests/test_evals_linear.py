@@ -74,7 +74,7 @@ def test_bad_options():
 def test_linear_eval_on_frozen_tiny_vatt():
   """The config's evaluator on the tiny VATT video tower (freshly initialised: no train step to compile):
   features of both splits, both classifiers fitted and scored. Learning itself is tested above on synthetic
-  features; the README reports the tiny pre-trained model's figures."""
+  features; configs/vatt/README.md reports the tiny pre-trained model's figures."""
   from vlm.train import trainer  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/linear_eval.py:tiny"))
   small = dict(num_train=128, num_test=64, num_images=8, num_frames=16, sample_rate=16_000)

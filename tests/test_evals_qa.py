@@ -1,8 +1,7 @@
-"""QA accuracy per question kind (answer groups) against a hand count; the shuffled-frame drop's standard error."""
+"""QA accuracy per question kind (answer groups) against a hand count."""
 import numpy as np
 import pytest
 
-from vlm.evals import common
 from vlm.evals import qa
 
 ANSWERS = ["left", "right", "red", "yes", "no"]
@@ -36,16 +35,3 @@ def test_question_kinds_take_precedence_over_answer_groups():
   with pytest.raises(ValueError, match="outside the 2 kinds"):
     qa.accuracies(scores, gt, ANSWERS, GROUPS, kinds, ["direction", "colour"])
 
-
-def test_shuffle_drop_standard_error_matches_the_discordant_pair_formula():
-  # For paired 0/1 outcomes the drop is (b - c) / n and the sample variance of the differences is
-  # ((b + c) - (b - c)^2 / n) / (n - 1), b = right only in order, c = right only shuffled.
-  rng = np.random.default_rng(0)
-  plain, shuffled = rng.random(300) < 0.6, rng.random(300) < 0.5
-  b, c, n = np.sum(plain & ~shuffled), np.sum(~plain & shuffled), 300
-  drop, se = common.paired_drop(plain, shuffled)
-  assert drop == pytest.approx(100 * (b - c) / n)
-  assert se == pytest.approx(100 * np.sqrt(((b + c) - (b - c) ** 2 / n) / (n - 1) / n))
-  assert common.paired_drop(plain, plain) == (0.0, 0.0)  # a model blind to order: no drop, no spread
-  with pytest.raises(ValueError, match="same examples"):
-    common.paired_drop(plain, shuffled[:10])

@@ -28,7 +28,8 @@ def reference_mil_nce(anchors, candidates, cand_mask, sample_mask, tau, directio
     if directions == "joint":
       losses.append(_logsumexp(anchor_vs_all + cands_vs_all) - _logsumexp(pos))
     else:
-      losses.append(_logsumexp(anchor_vs_all) - _logsumexp(pos) + _logsumexp(cands_vs_all) - _logsumexp(pos))
+      two = _logsumexp(anchor_vs_all) - _logsumexp(pos) + _logsumexp(cands_vs_all) - _logsumexp(pos)
+      losses.append(two / 2 if directions == "average" else two)
   return float(np.mean(losses)) if losses else 0.0
 
 
@@ -45,7 +46,7 @@ def _batch(b=5, k=3, d=8, seed=0):
   return anchors, cands, cand_mask, sample_mask
 
 
-@pytest.mark.parametrize("directions", ["joint", "separate"])
+@pytest.mark.parametrize("directions", ["joint", "separate", "average"])
 def test_mil_nce_matches_numpy_reference(directions):
   anchors, cands, cmask, smask = _batch()
   fn = jax.jit(lambda a, c: contrastive.mil_nce_loss(anchors=a, candidates=c, candidate_mask=cmask,

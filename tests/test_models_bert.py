@@ -104,7 +104,7 @@ def test_real_minilm_weights_match_hf():
   for i, p in enumerate(pieces):
     row = [cls] + p + [sep]
     ids[i, :len(row)], mask[i, :len(row)] = row, 1
-  assert list(ids[0, 1:11]) == [1037, 2158, 2003, 5559, 1037, 3586, 2006, 1996, 3509, 1012]  # environment.md
+  assert list(ids[0, 1:11]) == [1037, 2158, 2003, 5559, 1037, 3586, 2006, 1996, 3509, 1012]  # bert-base-uncased's ids for the caption
   reference = transformers.BertModel.from_pretrained(path, add_pooling_layer=False).eval()
   with torch.no_grad():
     expected = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state

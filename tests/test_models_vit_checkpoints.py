@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from vlm import config_lib
+from vlm.train import init as init_lib
 from vlm.models import hf_weights
 from vlm.models import tubevit
 from vlm.models import vit_checkpoints
@@ -122,7 +123,7 @@ def test_mismatches_name_the_parameter(hf_vit):
 
 
 def test_classification_task_reads_a_vit_file(hf_vit):
-  """`config.init_checkpoint=FILE` path: the task's hook fills the backbone and keeps fresh heads."""
+  """`config.init.path=FILE`: vlm/models/tubevit.py `load` fills the backbone and keeps fresh heads."""
   from vlm.tasks import classification  # pylint: disable=g-import-not-at-top
   _, path = hf_vit
   config = config_lib.load_config(os.path.join(ROOT, "configs/tubevit/kinetics.py:tiny"))
@@ -131,7 +132,8 @@ def test_classification_task_reads_a_vit_file(hf_vit):
   task = classification.Task(config)
   batch = task.dummy_batch(2)
   init = task.init_variables(jax.random.key(0), batch)["params"]
-  params = task.init_params_from_file(path, init)
+  config.init.path = path
+  params = init_lib.load_params(config, task.model, init, None)
   vit = vit_checkpoints.read_vit(path)
   np.testing.assert_allclose(params["backbone"]["tubes"]["kernel"][0], vit.patch_kernel)
   np.testing.assert_allclose(params["backbone"]["encoder"]["encoderblock_01"]["mlp"]["wo"]["kernel"],

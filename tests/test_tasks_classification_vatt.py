@@ -8,14 +8,15 @@ import pytest
 
 from vlm import config_lib
 from vlm.tasks import classification
-from vlm.tasks import vatt_pretrain
+from vlm.tasks import contrastive
+from vlm.train import init as init_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_vatt_backbone_loads_the_pretrained_video_tower():
   pre_config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
-  pre = vatt_pretrain.Task(pre_config)
+  pre = contrastive.Task(pre_config)
   pre_batch = pre.dummy_batch(2)
   pre_params = jax.tree.map(np.asarray, flax.core.meta.unbox(
       pre.init_variables(jax.random.key(3), pre_batch)["params"]))
@@ -24,27 +25,32 @@ def test_vatt_backbone_loads_the_pretrained_video_tower():
   with config.unlocked():
     config.task = dict(name="classification", heads={"videos": 12})
     config.model.droptoken_rate = 0.0
+    config.init.assignment_map = ((r"backbone/(.*)", r"\1"), (r"head_.*", None))
   task = classification.Task(config)
   video = np.random.default_rng(0).uniform(-1, 1, (2,) + task.clip_shape + (3,)).astype(np.float32)
   init = task.init_variables(jax.random.key(0), {"video": video})["params"]
-  params = task.adapt_init_params(pre_params, init)
+  params = init_lib.load_params(config, task.model, init, pre_params)
   got = task.features({"params": params}, {"video": video})
   want, _ = pre.model.apply({"params": pre_params}, video, method=lambda m, v: m.video(v, train=False))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(params["head_videos"]["kernel"], 0.0)  # fresh zero head
-  # A classifier checkpoint keeps matching heads; a wrong shape is an error naming the parameter.
-  again = task.adapt_init_params({"backbone": params["backbone"], "head_videos": params["head_videos"]}, init)
+  # A classifier checkpoint loads under its own names (no map); a wrong shape is an error naming the parameter.
+  with config.unlocked():
+    config.init.assignment_map = ()
+  again = init_lib.load_params(config, task.model, init, params)
   np.testing.assert_array_equal(again["backbone"]["video"]["tokenizer"]["conv"]["kernel"],
                                 params["backbone"]["video"]["tokenizer"]["conv"]["kernel"])
+  with config.unlocked():
+    config.init.assignment_map = ((r"backbone/(.*)", r"\1"), (r"head_.*", None))
   bad = jax.tree.map(lambda x: x, pre_params)
   bad["video"]["tokenizer"]["conv"]["kernel"] = np.zeros((1, 1, 1, 3, 64), np.float32)
-  with pytest.raises(ValueError, match="video/tokenizer/conv/kernel has shape"):
-    task.adapt_init_params(bad, init)
+  with pytest.raises(ValueError, match=r"backbone/video/tokenizer/conv/kernel: the init checkpoint \(1, 1, 1, 3, 64\)"):
+    init_lib.load_params(config, task.model, init, bad)
 
 
 def test_finetune_config_resamples_position_tables_at_a_larger_crop():
   pre_config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py:tiny"))
-  pre = vatt_pretrain.Task(pre_config)
+  pre = contrastive.Task(pre_config)
   pre_params = jax.tree.map(np.asarray, flax.core.meta.unbox(
       pre.init_variables(jax.random.key(3), pre.dummy_batch(2))["params"]))
   config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/finetune.py:tiny"))
@@ -53,7 +59,8 @@ def test_finetune_config_resamples_position_tables_at_a_larger_crop():
     config.model.video_pos_buckets = (4, 6, 6)
   task = classification.Task(config)
   batch = task.dummy_batch(2)
-  params = task.adapt_init_params(pre_params, task.init_variables(jax.random.key(0), batch)["params"])
+  params = init_lib.load_params(config, task.model, task.init_variables(jax.random.key(0), batch)["params"],
+                                pre_params)
   tables = params["backbone"]["video"]["posemb"]
   assert {k: v.shape for k, v in tables.items() if k.endswith("_embedding")} == {
       k: (n, 64) for k, n in zip(("temporal_embedding", "vertical_embedding", "horizontal_embedding"), (4, 6, 6))}

@@ -9,14 +9,16 @@ import pytest
 
 from vlm import config_lib
 from vlm.parallel import partitioning
-from vlm.tasks import vatt_pretrain
+from vlm.models import vatt
+from vlm.tasks import contrastive
+from vlm.train import init as init_lib
 
 
 def tiny_config(**model):
   c = ml_collections.ConfigDict()
   c.model = {**dict(name="vatt", variant="BBS", tiny=True, text_vocab_size=50, dropout_rate=0.0,
                     attention_dropout_rate=0.0, scan=True), **model}
-  c.task = dict(name="vatt_pretrain", va_weight=1.0, vt_weight=1.0, temperature=0.07)
+  c.task = dict(name="contrastive", va_weight=1.0, vt_weight=1.0, temperature=0.07)
   c.input = dict(num_frames=8, crop_size=32, fps=10.0, audio_sample_rate=3200, num_captions=2, max_text_len=6)
   return c
 
@@ -35,7 +37,7 @@ def random_batch(task, b=4):
 
 
 def test_config_fields_and_dummy_batch():
-  task = vatt_pretrain.Task(tiny_config())
+  task = contrastive.Task(tiny_config())
   batch = task.dummy_batch(3)
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
       "video": ((3, 8, 32, 32, 3), np.float32), "audio": ((3, 2560), np.float32),  # 0.8 s at 3.2 kHz
@@ -43,28 +45,28 @@ def test_config_fields_and_dummy_batch():
   assert task.model.video_pos_buckets == (2, 2, 2) and task.model.audio_pos_buckets == (20,)
   # Defaults reproduce VATT pre-training: 32x224x224 at 10 fps, 48 kHz audio, 4x16x16 and 128-sample patches.
   c = ml_collections.ConfigDict({"model": {"name": "vatt"}})
-  kw = vatt_pretrain.model_kwargs(c)
+  kw = vatt.model_kwargs(c)
   assert kw["video_pos_buckets"] == (8, 14, 14) and kw["audio_pos_buckets"] == (1200,)
   assert kw["variant"] == "BBS" and kw["droptoken_rate"] == 0.5 and kw["vocab_size"] == 2 ** 16
-  assert vatt_pretrain.input_shapes(c)["audio"] == (153_600,)
+  assert vatt.input_shapes(c)["audio"] == (153_600,)
   c.input = {"fps": None, "audio_samples": 1000}  # stride-based sampling: the audio length must be given
-  assert vatt_pretrain.input_shapes(c)["audio"] == (1000,)
+  assert vatt.input_shapes(c)["audio"] == (1000,)
   c.input.audio_samples = 0
   with pytest.raises(ValueError, match="audio"):
-    vatt_pretrain.input_shapes(c)
+    vatt.input_shapes(c)
   del c["input"]
   c.model.spectrogram = True
-  assert vatt_pretrain.model_kwargs(c)["audio_pos_buckets"] == (152 // 16, 80 // 5)
+  assert vatt.model_kwargs(c)["audio_pos_buckets"] == (152 // 16, 80 // 5)
   c.model.update(spectrogram=False, modality_agnostic=True, variant="B")
-  assert vatt_pretrain.model_kwargs(c)["variant"] == "MA-B"
+  assert vatt.model_kwargs(c)["variant"] == "MA-B"
   c.model.variant = "BBS"
   with pytest.raises(ValueError, match="modality_agnostic"):
-    vatt_pretrain.model_kwargs(c)
+    vatt.model_kwargs(c)
 
 
 @pytest.mark.parametrize("variant", ["BBS", "MA"])
 def test_init_variables_shard_under_every_preset(variant):
-  task = vatt_pretrain.Task(tiny_config(variant=variant))
+  task = contrastive.Task(tiny_config(variant=variant))
   abstract = jax.eval_shape(task.init_variables, jax.random.key(0), task.dummy_batch(2))  # boxed, no FLOPs
   assert set(abstract) == {"params", "batch_stats"}
   logical = partitioning.logical_specs(abstract)
@@ -81,7 +83,7 @@ def test_init_variables_shard_under_every_preset(variant):
 
 def test_lead_config_builds_the_task():
   for arg, video in (("tiny", (2, 8, 32, 32, 3)), ("BBS", (2, 32, 224, 224, 3))):
-    task = vatt_pretrain.Task(config_lib.load_config(f"configs/vatt/pretrain.py:{arg}"))
+    task = contrastive.Task(config_lib.load_config(f"configs/vatt/pretrain.py:{arg}"))
     batch = task.dummy_batch(2)
     assert batch["video"].shape == video
     jax.eval_shape(task.init_variables, jax.random.key(0), batch)
@@ -106,7 +108,7 @@ def numpy_variables(task, batch, seed=0):
 @pytest.fixture(scope="module")
 def trained():
   """Runs five Adam steps of the tiny model on one fixed batch."""
-  task = vatt_pretrain.Task(tiny_config())
+  task = contrastive.Task(tiny_config())
   batch = random_batch(task)
   variables = numpy_variables(task, batch)
   params = variables.pop("params")
@@ -175,15 +177,16 @@ def test_eval_loss_and_prediction_functions(trained):
   np.testing.assert_allclose(np.linalg.norm(txt, axis=-1), 1.0, rtol=1e-5)
 
 
-def test_adapt_init_params_resamples_positional_tables(trained):
+def test_init_resamples_positional_tables(trained):
+  """config.init from a checkpoint whose audio table has 30 buckets: vlm/models/vatt.py `load` resamples it."""
   task, params = trained["task"], trained["params"]
   loaded = jax.tree_util.tree_map(np.asarray, params)
   table = np.asarray(params["audio"]["posemb"]["temporal_embedding"])
   loaded["audio"]["posemb"]["temporal_embedding"] = np.repeat(table, 2, axis=0)[:30]  # 30 buckets -> 20
-  out = task.adapt_init_params(loaded, params)
+  out = init_lib.load_params(task.config, task.model, params, loaded)
   assert out["audio"]["posemb"]["temporal_embedding"].shape == table.shape
   np.testing.assert_array_equal(out["video"]["posemb"]["temporal_embedding"],
                                 params["video"]["posemb"]["temporal_embedding"])
   loaded["head"]["aud_to_va"]["kernel"] = np.zeros((3, 3), np.float32)
   with pytest.raises(ValueError, match="aud_to_va"):
-    task.adapt_init_params(loaded, params)
+    init_lib.load_params(task.config, task.model, params, loaded)

@@ -14,7 +14,7 @@ def _lr(schedule, steps):
   return np.array([float(schedule(s)) for s in steps])
 
 
-def test_vatt_pretrain_quarter_cosine():
+def test_contrastive_quarter_cosine():
   # VATT B.4: peak 1e-4, 10k warmup, 500k steps, quarter-period cosine down to 5e-5.
   s = optim.make_schedule(1e-4, dict(kind="warmup_cosine", warmup_steps=10_000, end_lr=5e-5,
                                      period="quarter"), total_steps=500_000)

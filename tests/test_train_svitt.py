@@ -48,7 +48,7 @@ def test_pretrain_retrieval_then_qa_from_the_checkpoint(tmp_path):
   assert {"train/vtc", "train/vtm", "train/mlm", "train/temperature"} <= set(rows[2])
 
   qa = str(tmp_path / "qa")
-  results = trainer.train_and_evaluate(_config("qa.py:tiny", init_checkpoint=pre, **{"model.decoder_layers": 1}), qa)
+  results = trainer.train_and_evaluate(_config("qa.py:tiny", **{"init.path": pre, "model.decoder_layers": 1}), qa)
   assert results["eval/qa/num_examples"] == 32
   for key in ("accuracy", "accuracy_shuffled", "majority_accuracy"):
     assert 0.0 <= results[f"eval/qa/{key}"] <= 100.0

@@ -112,45 +112,81 @@ def test_eval_mode_restores_the_latest_checkpoint(straight):
   assert evaluated == {k: v for k, v in results.items() if k.startswith("eval/")}
 
 
-def test_init_checkpoint_loads_params_only(straight, tmp_path):
-  config = _config(init_checkpoint=straight[0])
+def _restore_or_init(config, directory):
   setup = trainer.setup_mesh(config)
   task = trainer.build_task(config)
   spec = trainer.build_state_spec(config, task, setup, config.total_steps)
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  ckpt = checkpointing.Checkpointer(directory)
   state, data_state = trainer.restore_or_init(config, task, spec, ckpt)
   ckpt.close()
+  return state, data_state, spec
+
+
+def test_init_path_loads_params_only(straight, tmp_path):
+  state, data_state, _ = _restore_or_init(_config(**{"init.path": straight[0]}), str(tmp_path / "checkpoints"))
   saved, _ = _params(straight[0], 6, _config())
   assert int(state.step) == 0 and data_state is None
   jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(state.params),
                          jax.device_get(saved.params))
 
 
-def test_pretrained_weights_hook_seeds_a_run_from_scratch_only(straight, tmp_path):
-  """`task.init_params_from_pretrained` (e.g. SViTT's HF BEiT / BERT) fills a fresh state, placed in the params'
-  shardings; a workdir checkpoint wins over it, and None leaves the fresh init."""
-  config = _config()
-  setup = trainer.setup_mesh(config)
-  task = trainer.build_task(config)
-  spec = trainer.build_state_spec(config, task, setup, config.total_steps)
-  task.init_params_from_pretrained = lambda params: jax.tree.map(lambda p: np.full(p.shape, 0.5, p.dtype), params)
-  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
-  state, _ = trainer.restore_or_init(config, task, spec, ckpt)
-  ckpt.close()
+def test_init_assignment_map_renames_and_keeps_fresh(straight, tmp_path):
+  """A rule with None keeps that parameter fresh while the rest is read under its own name; a rule matching
+  nothing, or a source path the checkpoint lacks, is an error naming it."""
+  saved, _ = _params(straight[0], 6, _config())
+  saved = flax_flat(jax.device_get(saved.params))
+  fresh, _, _ = _restore_or_init(_config(), str(tmp_path / "fresh"))
+  config = _config(**{"init.path": straight[0], "init.assignment_map": ((r"Dense_1/bias", None),)})
+  state, _, _ = _restore_or_init(config, str(tmp_path / "a"))
+  got = flax_flat(jax.device_get(state.params))
+  np.testing.assert_array_equal(got["Dense_1/kernel"], saved["Dense_1/kernel"])
+  np.testing.assert_array_equal(got["Dense_0/bias"], saved["Dense_0/bias"])
+  np.testing.assert_array_equal(got["Dense_1/bias"], flax_flat(jax.device_get(fresh.params))["Dense_1/bias"])
+  with pytest.raises(ValueError, match=r"config.init.assignment_map: 'Dense_9/.\*' matches no parameter"):
+    _restore_or_init(_config(**{"init.path": straight[0], "init.assignment_map": ((r"Dense_9/.*", None),)}),
+                     str(tmp_path / "b"))
+  renamed = ((r"Dense_0/(.*)", r"Missing_0/\1"),)
+  with pytest.raises(ValueError, match=r"Dense_0/bias <- Missing_0/bias: not in the checkpoint"):
+    _restore_or_init(_config(**{"init.path": straight[0], "init.assignment_map": renamed}), str(tmp_path / "c"))
+
+
+def test_family_load_seeds_a_run_from_scratch_only(straight, tmp_path):
+  """The family's `load` (here tests/toy_task.py's, driven by config.init.options) fills a fresh state, placed
+  in the params' shardings; a workdir checkpoint wins over it; without options the init is fresh."""
+  config = _config(**{"init.options.fill": 0.5})
+  state, _, spec = _restore_or_init(config, str(tmp_path / "checkpoints"))
   for leaf, sharding in zip(jax.tree.leaves(state.params), jax.tree.leaves(spec.shardings.params)):
     np.testing.assert_array_equal(np.asarray(leaf), 0.5)
     assert leaf.sharding == sharding
-  ckpt = checkpointing.Checkpointer(os.path.join(straight[0], "checkpoints"), read_only=True)
-  resumed, _ = trainer.restore_or_init(config, task, spec, ckpt)
+  resumed, _, _ = _restore_or_init(config, os.path.join(straight[0], "checkpoints"))
   assert int(resumed.step) == 6 and not np.all(np.asarray(jax.tree.leaves(resumed.params)[0]) == 0.5)
-  task.init_params_from_pretrained = lambda params: None
-  fresh, _ = trainer.restore_or_init(config, task, spec, checkpointing.Checkpointer(str(tmp_path / "other")))
+  fresh, _, _ = _restore_or_init(_config(), str(tmp_path / "other"))
   assert not np.all(np.asarray(jax.tree.leaves(fresh.params)[0]) == 0.5)
+
+
+def flax_flat(tree):
+  from vlm.train import init as init_lib  # pylint: disable=g-import-not-at-top
+  return init_lib.flatten(tree)
+
+
+def test_non_finite_parameters_stop_before_they_are_saved(tmp_path):
+  """lr=1e39: step 1's loss and gradients are finite but the parameters it produces overflow; nothing is saved."""
+  config = _config("steps=6,lr=1e39,evals=false", checkpoint_every_steps=1, **{"optim.schedule.warmup_steps": 0})
+  with pytest.raises(FloatingPointError, match=r"Non-finite parameters at step 1 .*param_norm=inf.*\(none\) is intact"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert not [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+def test_keep_checkpoints_must_keep_one(tmp_path):
+  with pytest.raises(ValueError, match=r"config.keep_checkpoints=0: keep at least 1"):
+    trainer.train_and_evaluate(_config(keep_checkpoints=0), str(tmp_path))
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
   config = _config("steps=6,nan_at=4,evals=false", checkpoint_every_steps=2)
-  with pytest.raises(FloatingPointError, match=r"at step 5 .*last checkpoint \(step 4\) is intact"):
+  with pytest.raises(FloatingPointError,
+                     match=r"Non-finite loss and gradients and parameters and optimizer state at step 5 .*last "
+                           r"checkpoint \(step 4, finite parameters\) is intact"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   state, data_state = _params(str(tmp_path), 4, config)
@@ -178,3 +214,72 @@ def test_misspelt_config_override_is_an_error(tmp_path):
   assert proc.returncode != 0
   assert "totl_steps" in proc.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_sigterm_saves_stops_and_resumes_exactly(straight, tmp_path):
+  """SIGTERM while fetching batch 3 (the data iterator sends it): step 3 finishes, is saved, and the run stops
+  with `Interrupted`; the same command then resumes to the end with the straight run's parameters."""
+  import threading  # pylint: disable=g-import-not-at-top
+  if threading.current_thread() is not threading.main_thread():
+    pytest.skip("signal handlers need the main thread")
+  config = _config("steps=6,signal_at=3")
+  with pytest.raises(trainer.Interrupted, match=r"signal 15 at step 3 of 6; checkpoint 3 saved"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert sorted(d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == ["3"]
+  trainer.train_and_evaluate(_config(), str(tmp_path))
+  resumed, _ = _params(str(tmp_path), 6, _config())
+  reference, _ = _params(straight[0], 6, _config())
+  jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(resumed.params),
+                         jax.device_get(reference.params))
+
+
+def test_main_exits_75_on_sigterm(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "vlm.main", f"--config={TOY}:steps=6,signal_at=3,evals=false",
+                         f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "PYTHONPATH": ROOT})
+  assert proc.returncode == trainer.Interrupted.EXIT_CODE, proc.stderr[-3000:]
+  assert "== Interrupted: Stopped by signal 15 at step 3" in proc.stdout
+  assert "== Results" not in proc.stdout
+
+
+def test_a_second_run_on_a_workdir_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path):
+  """A live run (another process) holds run.lock: the trainer refuses before building anything; after that run
+  is killed with SIGKILL the lock is stale (dead pid) and the next run takes it over and releases it at the end."""
+  from vlm.train import lock as lock_lib  # pylint: disable=g-import-not-at-top
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from vlm.train import lock; l = lock.WorkdirLock(sys.argv[1]); "
+       "l.acquire(); print('locked', flush=True); time.sleep(120)", str(tmp_path)],
+      cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(lock_lib.WorkdirBusyError, match=r"is in use by another run .*delete .*run.lock"):
+      trainer.train_and_evaluate(_config("steps=2,evals=false"), str(tmp_path))
+    assert not os.path.exists(tmp_path / "metrics.jsonl")
+  finally:
+    holder.kill()
+    holder.wait()
+  trainer.train_and_evaluate(_config("steps=2,evals=false"), str(tmp_path))
+  assert not os.path.exists(tmp_path / "run.lock")
+
+
+def test_metrics_jsonl_survives_a_torn_last_line(tmp_path):
+  """A crash (or full disk) mid-write leaves half a line: the next run appends on a new line, the reader skips
+  and counts the torn one."""
+  path = tmp_path / metrics_lib.JSONL_NAME
+  path.write_text('{"step": 1, "train/loss": 2.0}\n{"step": 2, "train/lo')
+  logger = metrics_lib.MetricLogger(str(tmp_path), is_main=True)
+  logger.write_scalars(3, {"train/loss": 1.5})
+  logger.close()
+  assert path.read_text().splitlines()[-1] == '{"step": 3, "train/loss": 1.5}'
+  assert metrics_lib.read_jsonl(str(path)) == {1: {"step": 1, "train/loss": 2.0}, 3: {"step": 3, "train/loss": 1.5}}
+
+
+def test_a_failed_background_save_stops_the_run_naming_the_cause(tmp_path):
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+
+  def fail():
+    raise OSError(28, "No space left on device")
+  ckpt._mngr.check_for_errors = fail  # pylint: disable=protected-access  (what orbax reports after ENOSPC)
+  with pytest.raises(checkpointing.CheckpointSaveError,
+                     match=r"failed: OSError: \[Errno 28\] No space left on device.*last complete checkpoint is none"):
+    ckpt.check()

@@ -14,7 +14,8 @@ Data are a pure function of (seed, global batch index): the global batch k is th
 number of processes, and each process takes its contiguous rows. So runs on 1x8 and 2x4 devices see the
 same examples, and the iterator state is just the next batch index.
 """
-
+import os
+import signal
 
 import flax.linen as nn
 import jax
@@ -28,21 +29,23 @@ from vlm import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """`tests/toy_task.py:steps=6,batch=16,sharding=dp,nan_at=-1`."""
-  arg = config_lib.parse_arg(arg, steps=6, batch=16, sharding="dp", nan_at=-1, lr=0.05, evals=True)
+  arg = config_lib.parse_arg(arg, steps=6, batch=16, sharding="dp", nan_at=-1, lr=0.05, evals=True, signal_at=-1)
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.total_steps = arg.steps
   config.log_every_steps = 1
   config.checkpoint_every_steps = 3
   config.keep_checkpoints = 5
-  config.init_checkpoint = ml_collections.config_dict.placeholder(str)
+  config.init = config_lib.init_block()
+  config.init.options.fill = ml_collections.config_dict.placeholder(float)  # read by `load` below
 
   config.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
   config.sharding = arg.sharding
 
   config.task = dict(name="tests.toy_task")
-  config.model = dict(width=16, hidden=32, classes=4, dropout=0.1)
-  config.input = dict(batch_size=arg.batch, data=dict(name="tests.toy_task", seed=7, nan_at_batch=arg.nan_at))
+  config.model = dict(name="tests.toy_task", width=16, hidden=32, classes=4, dropout=0.1)
+  config.input = dict(batch_size=arg.batch, data=dict(name="tests.toy_task", seed=7, nan_at_batch=arg.nan_at,
+                                                             signal_at_batch=arg.signal_at))
 
   config.optim = dict(
       name="adamw", lr=arg.lr, weight_decay=1e-4, grad_clip_norm=1.0,
@@ -82,8 +85,17 @@ class ToyModel(nn.Module):
     return nn.Dense(self.classes, kernel_init=_kernel(("mlp", "classes")), bias_init=_bias(("classes",)))(h)
 
 
+def load(params, restored, init, model):
+  """The family `load` of vlm/train/init.py: `init.options.fill` sets every parameter to that value (a stand-in
+  for external weights); otherwise the restored (renamed) checkpoint params over the fresh ones."""
+  del model
+  if init.options.get("fill") is not None:
+    return {k: np.full(v.shape, init.options.fill, v.dtype) for k, v in params.items()}
+  return dict(restored or {})
+
+
 class Task:
-  """The task protocol of vlm/README.md."""
+  """The task protocol of vlm/protocols.py."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
@@ -141,6 +153,8 @@ class ToyIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
+    if self._index == self._config.input.data.get("signal_at_batch", -1):
+      os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's preemption would (tests of the signal handling)
     batch = global_batch(self._config.input.data, self._config.model, self._config.input.batch_size,
                          self._index)
     self._index += 1

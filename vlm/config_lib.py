@@ -14,6 +14,20 @@ A config file is a Python module with `get_config(arg: str | None) -> ConfigDict
 * A bare name that is a boolean default is a flag set to True (`tiny`).
 * The first bare token that is not a boolean flag fills the first declared key (e.g. the variant).
 * Unknown keys, or values that do not convert, raise `ValueError` naming the key and the expected type.
+* The result also records which keys the string set (`explicit`), so `apply_args` can write exactly those
+  onto the config after the `tiny` block: an explicit `steps=500000,tiny` keeps 500000 steps.
+
+A config file reads in this order (big_vision's `runlocal` pattern):
+
+  a = config_lib.parse_arg(arg, variant='BBS', tiny=False, batch=2048, steps=500_000)
+  c = config_lib.experiment(total_steps=a.steps)       # the full-size config, written once
+  ...
+  if a.tiny:                                           # one block: the CPU-sized overrides
+    ...
+  config_lib.apply_args(c, a, batch='input.batch_size', steps='total_steps')   # what the user set wins
+
+Shared blocks: `experiment` (seed, steps, logging / checkpoint cadence, `init`), `init_block` (config.init:
+vlm/train/init.py), `optimizer` (config.optim: vlm/train/optim.py), `parallelism` (mesh and sharding preset).
 """
 from __future__ import annotations
 
@@ -23,6 +37,7 @@ import sys
 from typing import Any
 
 import ml_collections
+from ml_collections import config_dict
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -66,8 +81,11 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
   Raises:
     ValueError: on an unknown key, a bad value, or a positional token when no key is left to fill.
   """
+  if "explicit" in defaults:
+    raise ValueError("'explicit' is reserved: parse_arg records there the keys the arg string set.")
   out = dict(defaults)
   keys = list(defaults)
+  explicit = []
   positional_key = next((k for k in keys if not isinstance(defaults[k], bool)), None)
   positional_used = False
   for token in (arg or "").split(","):
@@ -79,16 +97,94 @@ def parse_arg(arg: str | None, **defaults: Any) -> ConfigDict:
       if key not in defaults:
         raise ValueError(f"Unknown config arg {key!r} in {arg!r}; allowed: {', '.join(keys)}.")
       out[key] = _convert(key, value, defaults[key])
+      explicit.append(key)
     elif token in defaults and isinstance(defaults[token], bool):
       out[token] = True
+      explicit.append(token)
     elif positional_key is not None and not positional_used:
       out[positional_key] = _convert(positional_key, token, defaults[positional_key])
+      explicit.append(positional_key)
       positional_used = True
     else:
       raise ValueError(f"Unknown config arg {token!r} in {arg!r}; allowed: {', '.join(keys)}.")
   cfg = ml_collections.ConfigDict(out)
+  cfg.explicit = tuple(dict.fromkeys(explicit))
   cfg.lock()
   return cfg
+
+
+def apply_args(c: ConfigDict, a: ConfigDict, **paths: str) -> ConfigDict:
+  """Writes each arg the user set explicitly (`a.explicit`) onto its dotted config path; returns `c`.
+
+  Example: `apply_args(c, a, steps='total_steps', batch='input.batch_size')` after the tiny block.
+  """
+  for arg_name, path in paths.items():
+    if arg_name not in a:
+      raise KeyError(f"apply_args: {arg_name!r} is not an arg of this config ({', '.join(a.keys())}).")
+    if arg_name in a.explicit:
+      *parents, leaf = path.split(".")
+      node = c
+      for part in parents:
+        node = node[part]
+      node[leaf] = a[arg_name]
+  return c
+
+
+def init_block() -> ConfigDict:
+  """`config.init`: where a run with no checkpoint of its own starts from (read by vlm/train/init.py).
+
+  path: None | a checkpoint (workdir, checkpoints/ or a step directory) | a weights file the family's load reads.
+  assignment_map: ((target_regex, source_replacement | None), ...) renames; None keeps the fresh value.
+  fallback_to_scratch: parameters the checkpoint lacks keep their fresh values instead of an error.
+  options: what the family's `load` documents (a config adds its keys here, as placeholders).
+  """
+  block = ml_collections.ConfigDict()
+  block.path = config_dict.placeholder(str)
+  block.assignment_map = ()
+  block.fallback_to_scratch = False
+  block.options = ml_collections.ConfigDict()
+  return block
+
+
+def experiment(*, total_steps: int, log_every_steps: int = 100, checkpoint_every_steps: int = 5000,
+               keep_checkpoints: int = 3, seed: int = 0) -> ConfigDict:
+  """A new experiment config with the fields the trainer reads at the top level (vlm/train/trainer.py)."""
+  c = ml_collections.ConfigDict()
+  c.seed = seed
+  c.total_steps = total_steps
+  c.log_every_steps = log_every_steps
+  c.checkpoint_every_steps = checkpoint_every_steps
+  c.keep_checkpoints = keep_checkpoints
+  c.init = init_block()
+  return c
+
+
+def optimizer(name: str, lr: float, *, weight_decay: float = 0.0, warmup_steps: int = 0, end_lr: float = 0.0,
+              schedule: str = "warmup_cosine", **extra: Any) -> ConfigDict:
+  """`config.optim` (vlm/train/optim.py): optimizer name, peak lr, decay, clipping and the lr schedule.
+
+  `extra` holds optimizer-specific fields (b1 / b2, momentum) and schedule options go in `schedule_options`.
+  """
+  schedule_options = dict(extra.pop("schedule_options", {}))
+  o = ml_collections.ConfigDict()
+  o.name = name
+  o.lr = lr
+  o.weight_decay = weight_decay
+  o.grad_clip_norm = config_dict.placeholder(float)
+  for key, value in extra.items():
+    o[key] = value
+  o.schedule = dict(kind=schedule, warmup_steps=warmup_steps, end_lr=end_lr, **schedule_options)
+  return o
+
+
+def parallelism(c: ConfigDict, *, sharding: str = "dp", mesh: tuple = (("data", -1), ("fsdp", 1), ("tensor", 1))
+                ) -> ConfigDict:
+  """Sets `c.mesh` (axis name, size; -1 takes the remaining devices), `c.sharding` (preset: 'dp' | 'fsdp' |
+  'fsdp_tp') and `c.sharding_rules` (extra (logical, mesh axis) rules tried before the preset)."""
+  c.mesh = mesh
+  c.sharding = sharding
+  c.sharding_rules = None
+  return c
 
 
 def load_config(spec: str) -> ConfigDict:

@@ -11,13 +11,21 @@ accelerators, then hand over to `vlm.train.trainer`, which tests and colabs impo
 `--distributed` calls `jax.distributed.initialize`, with --coordinator_address / --num_processes /
 --process_id when given (else the VLM_COORDINATOR_ADDRESS / VLM_NUM_PROCESSES / VLM_PROCESS_ID environment
 variables, else JAX's cluster auto-detection, which covers TPU VM pods).
+
+The console shows vlm's own lines (progress, metrics, evaluation results) and every library's warnings; the
+libraries' INFO lines (orbax's per checkpoint, TensorFlow's and CUDA's start-up) appear with `--verbosity=0`
+(absl's flag; `--verbosity=1` for DEBUG). See vlm/logging_setup.py.
 """
 from __future__ import annotations
+
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+from vlm import logging_setup
 
 config_flags.DEFINE_config_file("config", None, "Config file, FILE:ARG.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
@@ -35,12 +43,14 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  verbose = logging_setup.verbose_requested()
+  logging_setup.setup_console(verbose)
   # Imported here so that flag errors (a misspelt --config.x) fail fast, before the heavy imports.
   import jax  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  # tf.data runs on the host; without this TF may grab accelerator memory that JAX needs.
-  tf.config.set_visible_devices([], "GPU")
+  with logging_setup.native_stderr_swallowed(not verbose):  # TF's C++ start-up lines (oneDNN, CUDA stubs)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # tf.data runs on the host; without this TF may grab accelerator memory that JAX needs.
+    tf.config.set_visible_devices([], "GPU")
   # Random bits computed shard-by-shard, identical for any mesh: needed for sharded dropout/DropToken keys.
   jax.config.update("jax_threefry_partitionable", True)
 
@@ -54,7 +64,12 @@ def main(argv):
                jax.local_devices())
 
   if FLAGS.mode == "train":
-    results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      results = trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except trainer.Interrupted as stop:  # a signal or a preemption notice: checkpoint saved, not finished
+      logging.warning("%s", stop)
+      print(f"\n== Interrupted: {stop}", flush=True)
+      sys.exit(trainer.Interrupted.EXIT_CODE)
   else:
     results = trainer.evaluate(FLAGS.config, FLAGS.workdir)
   if multihost.is_main_process() and results:

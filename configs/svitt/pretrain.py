@@ -5,14 +5,14 @@ BERT-base as HF transformers `save_pretrained` directories):
 
   python -m vlm.main --config=configs/svitt/pretrain.py:frames=4 --workdir=gs://BUCKET/svitt_t4 \
     --config.input.data.files='gs://BUCKET/webvid2m/train-*.tfrecord' --distributed \
-    --config.model.init_beit=/weights/beit-base-patch16-224-pt22k-ft22k/model.safetensors \
-    --config.model.init_bert=/weights/bert-base-uncased/model.safetensors
+    --config.init.options.beit=/weights/beit-base-patch16-224-pt22k-ft22k/model.safetensors \
+    --config.init.options.bert=/weights/bert-base-uncased/model.safetensors
 
 Temporal expansion (A.1): each stage restarts from the previous stage's checkpoint with more frames; the 3-D
 relative tables are expanded by nearest temporal offset (eq. 7):
 
   python -m vlm.main --config=configs/svitt/pretrain.py:frames=8 --workdir=gs://BUCKET/svitt_t8 \
-    --config.init_checkpoint=gs://BUCKET/svitt_t4 --config.model.expand_frames_from=4 --distributed
+    --config.init.path=gs://BUCKET/svitt_t4 --config.init.options.frames_from=4 --distributed
 
 Tiny run on one CPU (built-in dataset; ~6 min on 2 cores), then zero-shot retrieval with VTM re-ranking and the
 shuffled-frame probe on its test split:
@@ -24,7 +24,7 @@ Arguments (`FILE:ARG`, comma separated):
           baseline).
   dense   the dense baseline: full attention and no token pruning (SViTT "Dense" rows of tables A3 / A5);
           default is the hybrid-sparse model of table A1.
-  tiny    CPU-sized model and data (see vlm/tasks/svitt_pretrain.py SIZES['tiny']).
+  tiny    CPU-sized model and data (see vlm/tasks/matching.py SIZES['tiny']).
   steps   total steps (default: 10 epochs of WebVid-2M's 2.5M pairs at the table's batch size; tiny 1200).
 
 Table A4 (pre-training): T 4 / 8 / 16 -> batch 512 / 336 / 192, lr 3e-5 / 1e-5 / 5e-6, keep rates (q_v, q_m)
@@ -61,11 +61,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 400
   c.keep_checkpoints = 3
-  c.init_checkpoint = config_dict.placeholder(str)  # the previous stage's workdir (temporal expansion)
+  c.init = config_lib.init_block()  # config.init.path: a workdir / checkpoint (or weights file) to start from
 
   # --- Input: sparse frame sampling (A.3), one caption per clip, [CLS] caption [SEP] of 32 tokens.
   c.input = ml_collections.ConfigDict()
-  # tiny: 16 frames at `fps` (10: 1.6 s clips; the README's table-A8 rows also try 5), 2048 train / 512 test clips;
+  # tiny: 16 frames at `fps` (10: 1.6 s clips; configs/svitt/README.md's table-A8 rows also try 5), 2048 train / 512 test clips;
   # the table-A8 rows also add colour changes (`--config.input.data.options.colour_change=0.5`: a frame-order
   # signal simpler than the motion's sign; vlm/data/builtin.py).
   builtin = dict(num_train=2048, num_test=512, num_images=64, num_frames=16, fps=10.0, sample_rate=16_000,
@@ -89,7 +89,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.pp = (f"sample_segments({a.frames})|{augment}|normalize(-1, 1)|{text}"
                 "|keep('video', 'text', 'text_mask')")
 
-  # --- Model (A.1). Every field is documented in vlm/tasks/svitt_pretrain.py.
+  # --- Model (A.1). Every field is documented in vlm/tasks/matching.py.
   c.model = ml_collections.ConfigDict()
   c.model.name = "svitt"
   c.model.size = "tiny" if a.tiny else "base"
@@ -120,17 +120,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.attention_dropout_rate = 0.1 if not a.tiny else 0.0
   c.model.embed_dim = 256
   c.model.decoder_layers = 0
-  c.model.expand_frames_from = config_dict.placeholder(int)
-  # Stage 1 starts from image BEiT-B/16 and BERT-base (A.1): HF .safetensors files, config.json beside each.
-  c.model.init_beit = config_dict.placeholder(str)
-  c.model.init_bert = config_dict.placeholder(str)
+  # config.init.options (read by vlm/models/svitt.py `load`): the checkpoint's frame count for temporal
+  # expansion; stage 1 starts from image BEiT-B/16 and BERT-base (A.1): HF .safetensors, config.json beside each.
+  c.init.options.frames_from = config_dict.placeholder(int)
+  c.init.options.beit = config_dict.placeholder(str)
+  c.init.options.bert = config_dict.placeholder(str)
   c.model.dtype = "float32"
   if a.tiny and a.frames * (crop // 8) ** 2 < 4 * c.model.block_size:
     c.model.attention = "dense"  # fewer than K_l + K_r blocks (e.g. the 1-frame baseline): nothing to sparsify
 
   # --- Objective (A.3): equal weights.
   c.task = ml_collections.ConfigDict()
-  c.task.name = "svitt_pretrain"
+  c.task.name = "matching"
   c.task.vtc_weight = 1.0
   c.task.vtm_weight = 1.0
   c.task.mlm_weight = 1.0

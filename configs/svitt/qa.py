@@ -3,12 +3,12 @@ r"""SViTT video question answering: answer decoder on the multimodal encoder (SV
 Fine-tune from an 8-frame pre-training checkpoint (the decoder starts from the multimodal layers):
 
   python -m vlm.main --config=configs/svitt/qa.py:msrvtt_qa --workdir=gs://BUCKET/svitt_msrvtt_qa \
-    --config.init_checkpoint=gs://BUCKET/svitt_t8 --distributed
+    --config.init.path=gs://BUCKET/svitt_t8 --distributed
 
-Tiny run on one CPU (built-in dataset's QA pairs; start from the tiny pre-training for the README's figures):
+Tiny run on one CPU (built-in dataset's QA pairs; start from the tiny pre-training for configs/svitt/README.md's figures):
 
-  python -m vlm.main --config=configs/svitt/qa.py:tiny --workdir=/tmp/svitt_qa_tiny \
-    --config.init_checkpoint=/tmp/svitt_tiny
+  python -m vlm.main --config=configs/svitt/qa.py:tiny --workdir=/tmp/answer_decoding_tiny \
+    --config.init.path=/tmp/svitt_tiny
 
 Arguments (`FILE:ARG`, comma separated):
   dataset  'msrvtt_qa' | 'anet_qa' | 'agqa' (records written with `python -m vlm.data.write`, QA pairs in the
@@ -17,8 +17,7 @@ Arguments (`FILE:ARG`, comma separated):
   dense    dense attention, no pruning.
   steps    total steps (default: table A4's epochs over table A2's question count at batch 128).
            The frame-order ('colour order') questions of the built-in dataset's `colour_change` option stay at
-           chance with the tiny default (800) and are learnt with steps=2400 (table A8 at tiny scale: README
-           "Results").
+           chance with the tiny default (800) and are learnt with steps=2400 (table A8 at tiny scale: configs/svitt/README.md).
 
 Table A4 (QA): 8 frames, 5 epochs (1 for AGQA), no warm-up, batch 128, lr 5e-5, weight decay 0.02, question 25
 tokens, answer 5, blocks (1, 3, 56), keep rates (q_v, q_m) = (0.6, 0.5). Evaluation ranks the answer list by the
@@ -74,7 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not a.dense:
     c.model.visual_keep_rate = 0.6 if not tiny else 0.7
     c.model.multimodal_keep_rate = 0.5
-  c.task = ml_collections.ConfigDict(dict(name="svitt_qa"))
+  c.task = ml_collections.ConfigDict(dict(name="answer_decoding"))
   c.optim.lr = 5e-5 if not tiny else 5e-4
   c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=0 if not tiny else 50, end_lr=0.0)
 

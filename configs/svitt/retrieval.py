@@ -3,17 +3,17 @@ r"""SViTT text-to-video retrieval: zero-shot (table A3) and fine-tuned (table A5
 Zero-shot evaluation of a pre-training checkpoint (VTC ranking, VTM re-ranking of the top 128):
 
   python -m vlm.main --config=configs/svitt/retrieval.py:msrvtt,zeroshot --mode=eval \
-    --workdir=gs://BUCKET/svitt_t8_msrvtt_zs --config.init_checkpoint=gs://BUCKET/svitt_t8
+    --workdir=gs://BUCKET/svitt_t8_msrvtt_zs --config.init.path=gs://BUCKET/svitt_t8
 
 Fine-tuning (VTC + VTM, as Singularity's retrieval fine-tuning; no MLM):
 
   python -m vlm.main --config=configs/svitt/retrieval.py:charades,frames=8 --workdir=gs://BUCKET/svitt_charades \
-    --config.init_checkpoint=gs://BUCKET/svitt_t8 --distributed
+    --config.init.path=gs://BUCKET/svitt_t8 --distributed
 
 Tiny (built-in dataset, fine-tuning the tiny pre-training):
 
   python -m vlm.main --config=configs/svitt/retrieval.py:tiny --workdir=/tmp/svitt_ret_tiny \
-    --config.init_checkpoint=/tmp/svitt_tiny
+    --config.init.path=/tmp/svitt_tiny
 
 Arguments: dataset ('msrvtt' | 'didemo' | 'charades' | 'ssv2_label' | 'tiny'), frames (4 | 8 | 16; default 8),
 zeroshot (evaluation only, `--mode=eval`), dense, steps.

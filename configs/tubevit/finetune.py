@@ -2,12 +2,19 @@ r"""TubeViT fine-tuned on Charades (multi-label) or Something-Something v2 from 
 supplement section 1 and table 1; Charades' interpolated tubes: section 2).
 
   python -m vlm.main --config=configs/tubevit/finetune.py:dataset=charades,size=B --workdir=gs://BUCKET/tv_charades \
-    --config.init_checkpoint=gs://BUCKET/tubevit_b \
+    --config.init.path=gs://BUCKET/tubevit_b \
     --config.input.data.files='gs://BUCKET/charades/train-*.tfrecord' --distributed
 
-`init_checkpoint` is the joint K600 + ImageNet run of configs/tubevit/kinetics.py: its backbone is loaded, the new
-dataset gets a fresh head (vlm/tasks/classification.py `adapt_init_params`). Arguments (`FILE:ARG`): dataset
-('charades' | 'ssv2'); size ('B' | 'L' | 'H'); batch; steps; frames.
+Tiny run on one CPU: the tiny joint run's backbone fine-tuned on the built-in dataset's videos (12 classes):
+
+  python -m vlm.main --config=configs/tubevit/kinetics.py:tiny --workdir=/tmp/tubevit_tiny
+  python -m vlm.main --config=configs/tubevit/finetune.py:tiny --workdir=/tmp/tubevit_ft_tiny \
+    --config.init.path=/tmp/tubevit_tiny
+
+`init.path` is the joint K600 + ImageNet run of configs/tubevit/kinetics.py: its backbone is loaded, the new
+dataset gets a fresh head (`config.init.assignment_map` keeps every `head_*` fresh). Arguments (`FILE:ARG`):
+dataset ('charades' | 'ssv2'); size ('B' | 'L' | 'H'); batch; steps; frames; tiny (the model, data and
+evaluation of configs/tubevit/kinetics.py:tiny on its videos alone).
 
 Table 1 settings:
   charades  Adam, batch 64, lr 1e-3, cosine after 10k warmup steps, 300k steps, 128 frames at 6 fps, RandAugment
@@ -19,6 +26,8 @@ Table 1 settings:
   Weight decay 1e-3 for B, 1e-5 for L and H (table 1, all datasets).
 """
 from __future__ import annotations
+
+import os
 
 import ml_collections
 from ml_collections import config_dict
@@ -35,7 +44,7 @@ DATASETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = config_lib.parse_arg(arg, dataset="charades", size="B", batch=0, steps=300_000, frames=0)
+  a = config_lib.parse_arg(arg, dataset="charades", size="B", batch=0, steps=300_000, frames=0, tiny=False)
   if a.dataset not in DATASETS:
     raise ValueError(f"dataset={a.dataset!r}; expected one of {sorted(DATASETS)}.")
   d = DATASETS[a.dataset]
@@ -47,7 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 5000
   c.keep_checkpoints = 3
-  c.init_checkpoint = config_dict.placeholder(str)  # the K600 + ImageNet run (configs/tubevit/kinetics.py)
+  # config.init.path: the joint K600 + ImageNet run; its backbone loads as it is and the heads of the new
+  # dataset start fresh.
+  c.init = config_lib.init_block()
+  c.init.assignment_map = ((r"head_.*", None),)
 
   c.input = ml_collections.ConfigDict()
   c.input.data = dict(name="records", split="train", files=f"{a.dataset.upper()}/train-*.tfrecord")
@@ -107,4 +119,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  batch_size=64, num_frames=frames, num_clips=4, num_crops=3,
                  pp=(f"sample_multiclip(4, {frames}, fps={d['fps']})|three_crop({crop}, resize_smallest=256)"
                      f"|normalize(-1, 1)|{eval_target}|keep('video', '{eval_key}')")))
+  if a.tiny:
+    # The tiny joint run's model and video data (configs/tubevit/kinetics.py:tiny), one head for its 12 classes.
+    base = config_lib.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics.py:tiny"))
+    videos = base.input.mixture.videos
+    c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 300, 50, 300
+    c.input.data = videos.data.to_dict()
+    c.input.batch_size, c.input.shuffle_buffer, c.input.host_split = 32, 512, "examples"
+    c.input.num_frames, c.input.crop_size = int(videos.num_frames), int(base.input.crop_size)
+    c.input.pp, c.input.batch_pp = videos.pp, ""
+    c.model = base.model.to_dict()
+    c.task.heads = {"videos": int(videos.num_classes)}
+    c.task.multilabel, c.task.head_dropout = False, 0.0
+    c.optim.lr, c.optim.weight_decay, c.optim.schedule.warmup_steps = 1e-3, 1e-4, 50
+    c.sharding = "dp"
+    c.evals = ml_collections.ConfigDict({"videos": base.evals.videos.to_dict()})
+  config_lib.apply_args(c, a, steps="total_steps")
   return c

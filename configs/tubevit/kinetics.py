@@ -62,11 +62,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   large = a.size in ("L", "H")
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = a.steps if not a.tiny or a.steps != 300_000 else 1500
+  c.total_steps = a.steps if not a.tiny else 1500
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 300
   c.keep_checkpoints = 3
-  c.init_checkpoint = config_dict.placeholder(str)  # a workdir or checkpoint to start from (params only)
+  c.init = config_lib.init_block()  # config.init.path: a workdir / checkpoint (or weights file) to start from
 
   # --- Input: each step draws one dataset's batch by weight (vlm/data/mixture.py), so images (1 frame) and
   # videos (`frames` frames) never share an array; `dataset` in the batch routes examples to their head.
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The tiny run's videos need more steps than its images (motion, not colour): 30% image batches.
   image_weight = a.image_weight if not a.tiny or a.image_weight != 0.5 else 0.3
   c.input = ml_collections.ConfigDict()
-  c.input.batch_size = a.batch if not a.tiny or a.batch != 256 else 32
+  c.input.batch_size = a.batch if not a.tiny else 32
   c.input.shuffle_buffer = 4096 if not a.tiny else 512
   c.input.crop_size = crop
   c.input.host_split = "examples" if a.tiny else "files"
@@ -167,4 +167,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    pp=f"sample_clip(1, random=False)|center_crop({crop}, resize_smallest={eval_short_side})"
                       f"|normalize(-1, 1)|{image_label}"
                       "|keep('video', 'label')"))
+  # What the user set in the config arg wins over the tiny defaults above (e.g. `tiny,steps=500000`).
+  config_lib.apply_args(c, a, steps="total_steps", batch="input.batch_size")
   return c

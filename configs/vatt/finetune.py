@@ -3,10 +3,10 @@ r"""VATT video fine-tuning for action recognition (VATT appendix B.5), on the sh
 Full run (a VATT pre-training checkpoint; Kinetics written as records with `python -m vlm.data.write`):
 
   python -m vlm.main --config=configs/vatt/finetune.py:dataset=k400,variant=BBS --workdir=gs://BUCKET/vatt_k400 \
-    --config.init_checkpoint=gs://BUCKET/vatt_bbs --distributed
+    --config.init.path=gs://BUCKET/vatt_bbs --distributed
 
 Tiny run on one CPU (built-in dataset, 12 shape x direction classes; init from the tiny pre-training run if
-given with --config.init_checkpoint=/tmp/vlm_vatt_tiny):
+given with --config.init.path=/tmp/vlm_vatt_tiny):
 
   python -m vlm.main --config=configs/vatt/finetune.py:tiny --workdir=/tmp/vatt_finetune_tiny
 
@@ -36,18 +36,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   frames, crop = (32, 320) if not a.tiny else (8, 32)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = a.steps if not a.tiny or a.steps != 100_000 else 1000
+  c.total_steps = a.steps if not a.tiny else 1000
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 300
   c.keep_checkpoints = 3
-  c.init_checkpoint = config_dict.placeholder(str)  # a workdir or checkpoint to start from (params only)
+  # config.init.path: a VATT pre-training workdir. Its video tower ('video', and the shared 'backbone' of the
+  # modality-agnostic model) becomes the classifier's backbone; the head starts fresh (zeros). Positional tables
+  # with another bucket count are resampled (vlm/models/vatt.py `load`).
+  c.init = config_lib.init_block()
+  c.init.assignment_map = ((r"backbone/(.*)", r"\1"), (r"head_.*", None))
 
   c.input = ml_collections.ConfigDict()
   c.input.data = (dict(name="records", split="train", files=f"{a.dataset.upper()}/train-*.tfrecord") if not a.tiny
                   else dict(name="builtin", split="train",
                             options=dict(num_train=2048, num_test=512, num_images=64, num_frames=16,
                                          sample_rate=16_000)))
-  c.input.batch_size = a.batch if not a.tiny or a.batch != 64 else 32
+  c.input.batch_size = a.batch if not a.tiny else 32
   c.input.shuffle_buffer = 4096 if not a.tiny else 512
   c.input.num_frames = frames
   c.input.crop_size = crop
@@ -96,4 +100,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       input=dict(data=dict(split="validation" if not a.tiny else "test"), batch_size=64 if not a.tiny else 64,
                  num_clips=clips, num_crops=crops,
                  pp=f"{eval_sampling}|{view}|normalize(-1, 1)|{label}|keep('video', 'label')"))
+  # What the user set in the config arg wins over the tiny defaults above (e.g. `tiny,steps=500000`).
+  config_lib.apply_args(c, a, steps="total_steps", batch="input.batch_size")
   return c

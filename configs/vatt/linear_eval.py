@@ -1,16 +1,16 @@
 r"""Linear evaluation of a frozen VATT video tower (B.8 low-rank classifier and appendix C's linear SVM).
 
 The model is the pre-training config's (same variant); only `evals` changes. Run it in `--mode=eval` on a
-pre-training workdir (its latest checkpoint) or with `--config.init_checkpoint=DIR` in a new one:
+pre-training workdir (its latest checkpoint) or with `--config.init.path=DIR` in a new one:
 
   python -m vlm.main --config=configs/vatt/linear_eval.py:dataset=ucf101,variant=MBS --mode=eval \
-    --workdir=gs://BUCKET/vatt_linear_ucf --config.init_checkpoint=gs://BUCKET/vatt_mbs
+    --workdir=gs://BUCKET/vatt_linear_ucf --config.init.path=gs://BUCKET/vatt_mbs
 
 Tiny run on one CPU (the tiny pre-training run's checkpoint, the built-in dataset's 12 shape x direction
 classes; features of its train split, scored on its test split):
 
   python -m vlm.main --config=configs/vatt/linear_eval.py:tiny --mode=eval --workdir=/tmp/vatt_linear_tiny \
-    --config.init_checkpoint=/tmp/vlm_vatt_tiny
+    --config.init.path=/tmp/vlm_vatt_tiny
 
 Arguments (`FILE:ARG`): variant ('BBS' | 'MBS' | 'LBS' | 'MA': the pre-training config's); dataset ('ucf101' |
 'hmdb51', split 1 written as records with `python -m vlm.data.write`); tiny.

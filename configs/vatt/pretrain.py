@@ -34,11 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_lib.parse_arg(arg, variant="BBS", tiny=False, batch=2048, steps=500_000)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = a.steps if not a.tiny or a.steps != 500_000 else 1200
+  c.total_steps = a.steps if not a.tiny else 1200
   c.log_every_steps = 100 if not a.tiny else 50
   c.checkpoint_every_steps = 5000 if not a.tiny else 400
   c.keep_checkpoints = 3
-  c.init_checkpoint = config_dict.placeholder(str)  # a workdir or checkpoint to start from (params only)
+  c.init = config_lib.init_block()  # config.init.path: a workdir / checkpoint (or weights file) to start from
 
   # --- Input (B.1). The audio window is the clip's time span: num_frames / fps seconds at 48 kHz.
   c.input = ml_collections.ConfigDict()
@@ -47,7 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   builtin = (dict(num_train=2048, num_test=512, num_images=64, num_frames=16, sample_rate=16_000) if a.tiny
              else dict())
   c.input.data = dict(name="builtin", split="train", options=builtin)
-  c.input.batch_size = a.batch if not a.tiny or a.batch != 2048 else 32
+  c.input.batch_size = a.batch if not a.tiny else 32
   c.input.shuffle_buffer = 4096 if not a.tiny else 512
   c.input.num_frames = 32 if not a.tiny else 8
   c.input.fps = 10.0
@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                   f"|sample_captions({c.input.num_captions})|tokenize({c.input.max_text_len})"
                   "|keep('video', 'audio', 'audio_mask', 'text', 'text_mask')")
 
-  # --- Model (table 1, B.2, B.3). Every field is documented in vlm/tasks/vatt_pretrain.py.
+  # --- Model (table 1, B.2, B.3). Every field is documented in vlm/tasks/contrastive.py.
   c.model = ml_collections.ConfigDict()
   c.model.name = "vatt"
   c.model.variant = a.variant
@@ -96,7 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # --- Objective (B.3).
   c.task = ml_collections.ConfigDict()
-  c.task.name = "vatt_pretrain"
+  c.task.name = "contrastive"
   c.task.va_weight = 1.0
   c.task.vt_weight = 1.0
   c.task.temperature = 0.07
@@ -139,4 +139,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if not a.tiny:
     # MSR-VTT 1k-A written with the record writer (B.9: 32 frames, stride 2 at 25 fps, 224 centre crops).
     c.evals.retrieval.input.data = dict(name="records", split="test", files="MSRVTT_1KA/test-*.tfrecord")
+  # What the user set in the config arg wins over the tiny defaults above (e.g. `tiny,steps=500000`).
+  config_lib.apply_args(c, a, steps="total_steps", batch="input.batch_size")
   return c

@@ -1,7 +1,7 @@
 """The built-in learnable dataset: moving shapes with sound, captions, labels, QA, episodes and events.
 
 Every family needs data that trains on a CPU in minutes and still tests what the family is about, and no real
-video-text data ships in any package (see /work/shared/reference/environment.md). This module draws such data from
+video-text data ships in any package installable here. This module draws such data from
 a seed and writes it in the same DMVR SequenceExample layout as real data (`vlm.data.records`), so tests and tiny
 configs exercise the real reader path (JPEG frames, waveform feature lists, caption strings) end to end.
 

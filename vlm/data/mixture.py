@@ -13,9 +13,10 @@ head (vlm/tasks/classification.py; `mixture_names(config)` gives the order).
   }
 
 Each entry: `weight` (> 0; normalised over the mixture), an optional `name` (default: its key), and any
-config.input field, which overrides the shared one for that dataset (`data` merged key by key). Each dataset runs
-through the ordinary `make_train_iterator` machinery (its own shuffle, augmentation seeds and resumable
-position); the mixture's state is {'step', 'datasets': {name: that iterator's state}}.
+config.input field, which overrides the shared one for that dataset (`data` merged key by key; other fields
+such as `group` or `pp` replaced whole). Each dataset runs through `vlm.data.pipeline.make_train_iterator` (its
+own shuffle, augmentation seeds and resumable position); the mixture's state is
+{'step', 'datasets': {name: that iterator's state}}. Callers build it through `vlm.data.inputs`.
 
 Evaluation stays per dataset: give each evaluator the `input` (split, frames, pp) of the dataset it scores.
 """
@@ -25,6 +26,8 @@ from typing import Any, Mapping
 
 import ml_collections
 import numpy as np
+
+from vlm.data import pipeline
 
 
 def _entries(config) -> list[tuple[str, dict[str, Any]]]:
@@ -115,7 +118,6 @@ class MixtureIterator:
 def make_mixture_iterator(config, *, process_index: int, process_count: int,
                           state: Mapping[str, Any] | None = None) -> MixtureIterator:
   """The mixture of config.input.mixture (see the module docstring), resumed at `state`."""
-  from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
   entries = _entries(config)
   state = dict(state or {})
   sub_states = dict(state.get("datasets") or {})

@@ -1,11 +1,15 @@
-"""Resumable, deterministic tf.data input: `make_train_iterator` and `make_eval_iterator`.
+"""Resumable, deterministic tf.data input of one dataset: `make_train_iterator` and `make_eval_iterator`.
 
+Callers use the data layer's entry point, `vlm.data.inputs` (which adds dataset mixtures on top of this).
 Both yield per-host batches, dicts of numpy arrays with the keys of the batch table in vlm/README.md (whatever the
 pp spec keeps), built from a `Source` (vlm/data/sources.py) and a pp spec (vlm/data/pp.py).
 
 Design (training)
   * Files: host i of n reads shards i::n. Every epoch e has its own file order and shuffle, both seeded by
     (seed, host, e); files are read `cycle_length` at a time with a deterministic `interleave`.
+  * input.group (vlm/data/grouping.py): each shard's records are grouped as they are read (K consecutive
+    records, e.g. an episode's clips, become one example with a leading [K] axis); everything below then
+    applies to groups instead of records.
   * Records are numbered in the order they leave the shuffle buffer: (epoch, position). Each example's
     augmentation seed is derived from (seed, host, epoch, position) and every random op is stateless, so an
     example gets the same augmentation on every run.
@@ -29,9 +33,10 @@ Design (training)
     as silently skipped records hours into the run.
 
 Design (eval)
-  Ordered, finite; per-host record counts come from the shard header walk; every host yields
-  ceil(max_host_count / host_batch) batches, padding with zero examples that have `_mask` = 0 (big_vision's
-  "infinite padding"). Real examples have `_mask` = 1; skipped (invalid) records are replaced by padding. A host
+  Ordered, finite; per-host record counts come from the shard header walk (with input.group, the group counts
+  from one pass over the records that reads only the key; `EvalIterable.skipped` then holds the split's
+  grouping counts); every host yields ceil(max_host_count / host_batch) batches, padding with zero examples
+  that have `_mask` = 0 (big_vision's "infinite padding"). Real examples have `_mask` = 1; skipped (invalid) records are replaced by padding. A host
   with no shard (more hosts than eval files) yields padding only. The iterable can be iterated again.
 
 Config (config.seed and config.input; eval_input overrides fields of config.input, `data` merged key by key)
@@ -63,7 +68,11 @@ Config (config.seed and config.input; eval_input overrides fields of config.inpu
                                      batch: identical global batches for any process count while no record is
                                      skipped; for small datasets and reproducibility checks)
   input.mixture: dict = None         several datasets mixed by weight, one per global batch, each example tagged
-                                     with `dataset` (joint image + video training): see vlm/data/mixture.py
+                                     with `dataset` (joint image + video training): see vlm/data/mixture.py;
+                                     read by `vlm.data.inputs`, refused here
+  input.group: dict = None           dict(size=K, key=None | 'episode/id', remainder='drop' | 'pad'): K
+                                     consecutive records of a shard (sharing `key`) make one example, before
+                                     the shuffle; record sources only; see vlm/data/grouping.py
   input.skip_errors: bool = True     count and skip failing records (False: fail on the first)
   input.max_consecutive_errors: int = 1000   fail when this many records in a row are skipped
   input.check_files: bool | None     walk the host's shard headers at start to find truncated files (None:
@@ -74,15 +83,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import tensorflow as tf
 
+from vlm.data import grouping
 from vlm.data import pp as pp_lib
 from vlm.data import sources as sources_lib
 
-_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped", "_end_epoch", "_end_pos")
+_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped", "_end_epoch", "_end_pos", *grouping.COUNTS)
 # Every tf.data function here is plain TF (no Python control flow on tensors): skip AutoGraph, it only costs time.
 _no_autograph = tf.autograph.experimental.do_not_convert
 _BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (batch-level ops)
@@ -93,6 +103,7 @@ DEFAULTS: dict[str, Any] = dict(
     default_fps=25.0,
     tokenizer=None, extra_context=None, cache=False, cycle_length=16, num_parallel_calls=-1, threads=0,
     prefetch=2, host_split="files", skip_errors=True, max_consecutive_errors=1000, check_files=None, eager_check=2,
+    group=None,
 )
 
 
@@ -212,6 +223,12 @@ class _Builder:
     self.pp = pp_lib.build(spec, defaults=defaults, modules=inp.get("pp_modules") or ())
     self.batch_pp = pp_lib.build(inp.get("batch_pp") or None, modules=inp.get("pp_modules") or ())
     self.is_records = self.source.load_examples is None
+    self.group = grouping.parse(inp.get("group"))
+    if self.group is not None and not self.is_records:
+      raise ValueError(f"config.input.group needs a record source (builtin or records); input.data.name is "
+                       f"{self.source.name!r}.")
+    # Keys summed over skipped examples into the next one's (the grouping stage's counts).
+    self.carried = tuple(grouping.COUNTS) if self.group is not None else ()
     host_split = inp.get("host_split", "files")
     if host_split not in ("files", "examples"):
       raise ValueError(f"input.host_split={host_split!r}: expected 'files' or 'examples'.")
@@ -230,6 +247,7 @@ class _Builder:
       check = not any("://" in f for f in self.files)
     if self.is_records and check:
       self.truncated_files = sum(sources_lib.scan_shard(f).truncated for f in self.files)
+    self.group_key_dtype = grouping.key_dtype(self.group, self.source.files) if self.group else None
     self.host_seed = _host_seed(self.seed, file_host)
     self.options = tf.data.Options()
     self.options.deterministic = True
@@ -244,18 +262,32 @@ class _Builder:
       return sources_lib.parse_example(payload, extra_context=self.extra_context)
     return dict(payload)
 
-  def process(self, elem: dict) -> dict[str, tf.Tensor]:
-    """{'payload', '_epoch', '_pos'} -> preprocessed example with the private keys."""
-    data = self.raw(elem["payload"])
-    seed = _example_seed(self.host_seed, elem["_epoch"], elem["_pos"])
+  def _preprocess(self, payload, seed: tf.Tensor) -> dict[str, tf.Tensor]:
+    data = self.raw(payload)
     data["_seed"] = seed
     out = self.pp(data)
-    out = {k: v for k, v in out.items() if not k.startswith("_")}
+    return {k: v for k, v in out.items() if not k.startswith("_")}
+
+  def process(self, elem: dict) -> dict[str, tf.Tensor]:
+    """{'payload', '_epoch', '_pos'} -> preprocessed example with the private keys."""
+    seed = _example_seed(self.host_seed, elem["_epoch"], elem["_pos"])
+    if self.group is None:
+      out = self._preprocess(elem["payload"], seed)
+    else:  # payload [K]: record k draws from the example seed folded with k
+      out = grouping.stack_examples([
+          self._preprocess(elem["payload"][k], tf.random.experimental.stateless_fold_in(seed, k))
+          for k in range(self.group.size)], elem["_real"])
     out.update(_seed=seed, _epoch=tf.cast(elem["_epoch"], tf.int64), _pos=tf.cast(elem["_pos"], tf.int64))
-    for key in ("_end_epoch", "_end_pos"):  # host_split='examples': end of this row's global batch
+    for key in ("_end_epoch", "_end_pos", *self.carried):  # 'examples' split: end of the global batch; counts
       if key in elem:
         out[key] = tf.cast(elem[key], tf.int64)
     return out
+
+  def element(self, payload, epoch, pos) -> dict[str, tf.Tensor]:
+    """What the record stream holds at `pos` (a record, or a group's dict) -> the element `process` reads."""
+    if self.group is None:
+      return {"payload": payload, "_epoch": epoch, "_pos": pos}
+    return {**payload, "_epoch": epoch, "_pos": pos}
 
   def eager_check(self) -> None:
     """Layout check and an eager pp dry run on the first records (errors surface before training)."""
@@ -266,14 +298,18 @@ class _Builder:
       if not self.files:  # an eval host with no shard: it only pads
         return
       payloads = [tf.constant(r) for r in sources_lib.check_records(self.files, n)]
+      if self.group is not None:  # the first complete groups of the first shard
+        groups = self._group_file(tf.data.TFRecordDataset(self.files[0]))
+        payloads = list(groups.filter(lambda g: g["_valid"]).take(n))
     else:
       payloads = list(self.source.load_examples(self.process_index, self.process_count).take(n))
+    unit = "record" if self.group is None else "group"
     for i, p in enumerate(payloads):
       try:
-        self.process({"payload": p, "_epoch": tf.constant(0, tf.int64), "_pos": tf.constant(i, tf.int64)})
+        self.process(self.element(p, tf.constant(0, tf.int64), tf.constant(i, tf.int64)))
       except Exception as e:
         where = self.files[0] if self.files else self.source.name
-        raise type(e)(f"Preprocessing record {i} of {where} failed before training: {e}") from e
+        raise type(e)(f"Preprocessing {unit} {i} of {where} failed before training: {e}") from e
 
   def _processed(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Elements {'payload', '_epoch', '_pos'} -> valid processed examples with `_skipped` counts."""
@@ -292,6 +328,7 @@ class _Builder:
       # Zero-size placeholders (every dim 0) cost nothing to build, unlike a full-size zero clip per record;
       # the real static shapes are restored after the filter.
       zeros = tf.nest.map_structure(lambda s: tf.zeros([0] * s.shape.rank, s.dtype), inner.element_spec)
+      zeros.update({k: tf.cast(elem[k], tf.int64) for k in self.carried})  # a skipped group keeps its counts
       ok = inner.map(lambda d: (d, tf.constant(True)))
       return ok.concatenate(tf.data.Dataset.from_tensors((zeros, tf.constant(False)))).take(1)
 
@@ -299,8 +336,11 @@ class _Builder:
 
     max_bad = int(self.inp["max_consecutive_errors"])
 
+    carried = self.carried
+
     @_no_autograph
-    def count(n_bad, elem):
+    def count(state, elem):
+      n_bad, acc = state
       d, valid = elem
       d = dict(d)
       # Fail instead of spinning forever when (nearly) every record is bad, e.g. a pp that fails on all of them.
@@ -309,8 +349,11 @@ class _Builder:
           "run with input.skip_errors=False to see the first error"))
       with tf.control_dependencies([check]):
         valid = tf.identity(valid)
-      d["_skipped"] = tf.where(valid, n_bad, tf.constant(0, tf.int64))
-      return tf.where(valid, tf.constant(0, tf.int64), n_bad + 1), (d, valid)
+      zero = tf.constant(0, tf.int64)
+      d["_skipped"] = tf.where(valid, n_bad, zero)
+      total = tuple(a + d[k] for a, k in zip(acc, carried))  # counts of the skipped ones go to the next example
+      d.update({k: tf.where(valid, t, zero) for k, t in zip(carried, total)})
+      return (tf.where(valid, zero, n_bad + 1), tuple(tf.where(valid, zero, t) for t in total)), (d, valid)
 
     @_no_autograph
     def is_valid(d, valid):
@@ -322,7 +365,8 @@ class _Builder:
       del valid
       return d
 
-    ds = ds.scan(tf.constant(0, tf.int64), count).filter(is_valid).map(drop_flag)
+    init = (tf.constant(0, tf.int64), tuple(tf.constant(0, tf.int64) for _ in carried))
+    ds = ds.scan(init, count).filter(is_valid).map(drop_flag)
     # The placeholder's zero-size dims made the element shapes unknown: restore the real static shapes.
     spec = spec_holder["spec"]
     return ds.map(_no_autograph(
@@ -330,9 +374,28 @@ class _Builder:
 
   # -- record streams ---------------------------------------------------------------------------------------------
 
+  def _group_file(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    return grouping.group_records(records, self.group, self.group_key_dtype)
+
   def _read(self, files: tf.data.Dataset, cycle: int) -> tf.data.Dataset:
-    return files.interleave(lambda f: tf.data.TFRecordDataset(f).ignore_errors(), cycle_length=cycle,
-                            block_length=1, num_parallel_calls=cycle, deterministic=True)
+    """The records of `files`, `cycle` files at a time; with input.group, each file's groups (before the
+    interleave, so a group holds consecutive records of one shard)."""
+    def read(f):
+      records = tf.data.TFRecordDataset(f).ignore_errors()
+      return records if self.group is None else self._group_file(records)
+
+    return files.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
+                            deterministic=True)
+
+  def _without_count_only(self, ds: tf.data.Dataset, carry: bool = True) -> tf.data.Dataset:
+    """With input.group: the count-only elements removed, their counts moved onto the next group (`carry`;
+    eval takes its counts from the counting pass instead, see `_count_examples`)."""
+    if self.group is None:
+      return ds
+    if not carry:
+      valid = ds.filter(_no_autograph(lambda e: e["_valid"]))
+      return valid.map(_no_autograph(lambda e: {k: v for k, v in e.items() if k != "_valid"}))
+    return grouping.carry_counts(ds, int(self.inp["max_consecutive_errors"]), self.group.size)
 
   def _payloads(self) -> tf.data.Dataset:
     """The host's records (or decoded examples) in a fixed order, for one pass."""
@@ -364,9 +427,9 @@ class _Builder:
       if buf > 1:
         ds = ds.shuffle(buf, seed=tf.math.abs(eseed[0]) + 1, reshuffle_each_iteration=False)
       ds = ds.enumerate().skip(tf.where(epoch == start_epoch, tf.constant(start_pos, tf.int64), 0))
-      return ds.map(lambda pos, p: {"payload": p, "_epoch": epoch, "_pos": pos})
+      return ds.map(lambda pos, p: self.element(p, epoch, pos))
 
-    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_stream)
+    ds = self._without_count_only(tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_stream))
     if self.split_examples:
       # Group the (cheap, serialized) records into global batches and keep this host's rows [lo, lo + batch).
       # Every row remembers where its global batch ends: that is where any host resumes, so all hosts stay
@@ -418,6 +481,8 @@ class DataIterator:
     self.seed, self.epoch, self.position = seed, epoch, position
     self.process_index, self.process_count = process_index, process_count
     self.skipped = {"corrupt": 0, "truncated_files": 0, **(skipped or {})}
+    if any(k in dataset.element_spec for k in grouping.COUNTS):
+      self.skipped = {**{name: 0 for name in grouping.COUNTS.values()}, **self.skipped}
     self.batches = 0
 
   @property
@@ -435,6 +500,7 @@ class DataIterator:
     if "_end_epoch" in batch:  # host_split='examples': resume after the whole global batch
       epochs, positions = batch.pop("_end_epoch"), batch.pop("_end_pos")
     self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
+    _count_groups(batch, self.skipped)
     batch.pop("_seed", None)
     # Examples leave the pipeline in (epoch, position) order: the last one is where to resume after.
     self.epoch, self.position = int(epochs[-1]), int(positions[-1]) + 1
@@ -446,6 +512,13 @@ class DataIterator:
     return {"seed": self.seed, "epoch": self.epoch, "position": self.position,
             "process_index": self.process_index, "process_count": self.process_count,
             "skipped": dict(self.skipped)}
+
+
+def _count_groups(batch: dict[str, np.ndarray], skipped: dict[str, int]) -> None:
+  """Moves the grouping stage's per-example counts out of `batch` into `skipped`."""
+  for key, name in grouping.COUNTS.items():
+    if key in batch:
+      skipped[name] = skipped.get(name, 0) + int(batch.pop(key).sum())
 
 
 def make_train_iterator(config, *, process_index: int, process_count: int,
@@ -460,10 +533,9 @@ def make_train_iterator(config, *, process_index: int, process_count: int,
   Returns:
     A `DataIterator`.
   """
-  if config.input.get("mixture", None) is not None:  # several datasets, one per batch (vlm/data/mixture.py)
-    from vlm.data import mixture  # pylint: disable=g-import-not-at-top
-    return mixture.make_mixture_iterator(config, process_index=process_index, process_count=process_count,
-                                         state=state)
+  if config.input.get("mixture", None) is not None:
+    raise ValueError("config.input.mixture is set: build the iterator with vlm.data.inputs.make_train_iterator "
+                     "(vlm.data.pipeline reads one dataset).")
   inp = input_config(config)
   b = _Builder(config, inp, process_index, process_count, train=True)
   epoch, position, skipped = 0, 0, {}
@@ -491,22 +563,41 @@ def make_train_iterator(config, *, process_index: int, process_count: int,
 class EvalIterable:
   """Finite, re-iterable per-host eval batches; every host yields `num_batches` batches with `_mask`."""
 
-  def __init__(self, dataset: tf.data.Dataset, num_batches: int, num_examples: int):
+  def __init__(self, dataset: tf.data.Dataset, num_batches: int, num_examples: int,
+               group_counts: Mapping[str, int] | None = None):
     self._ds = dataset
     self.num_batches = num_batches
-    self.num_examples = num_examples  # records on this host (before skipping invalid ones)
-    self.skipped = {"corrupt": 0}
+    self.num_examples = num_examples  # examples on this host (before skipping invalid ones)
+    self._group_counts = dict(group_counts or {})  # the grouping stage's counts of the whole host split
+    self.skipped = {"corrupt": 0, **self._group_counts}
 
   def __len__(self) -> int:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    self.skipped = {"corrupt": 0}
+    self.skipped = {"corrupt": 0, **self._group_counts}
     for batch in self._ds.as_numpy_iterator():
       self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
-      for k in ("_seed", "_epoch", "_pos"):
+      for k in ("_seed", "_epoch", "_pos", *grouping.COUNTS):
         batch.pop(k, None)
       yield batch
+
+
+def _count_groups_per_host(b: _Builder) -> tuple[list[int], dict[str, int]]:
+  """(groups per host for all hosts, this host's grouping counts): one pass over the records, keys only."""
+  counts, mine = [], {name: 0 for name in grouping.COUNTS.values()}
+  for h in range(b.process_count):
+    files = sources_lib.host_files(b.source.files, h, b.process_count, allow_empty=True)
+    if not files:
+      counts.append(0)
+      continue
+    groups = b._read(tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)), 1)
+    totals = groups.reduce((np.int64(0),) + (np.int64(0),) * len(grouping.COUNTS), lambda c, g: (
+        c[0] + tf.cast(g["_valid"], tf.int64),) + tuple(a + g[k] for a, k in zip(c[1:], grouping.COUNTS)))
+    counts.append(int(totals[0]))
+    if h == b.process_index:
+      mine = {name: int(t) for name, t in zip(grouping.COUNTS.values(), totals[1:])}
+  return counts, mine
 
 
 def _count_examples(b: _Builder, inp: Mapping[str, Any]) -> list[int]:
@@ -539,11 +630,14 @@ def make_eval_iterator(config, eval_input, *, process_index: int, process_count:
   inp["check_files"] = True  # the header walk gives the record counts
   b = _Builder(config, inp, process_index, process_count, train=False)
   b.eager_check()
-  counts = _count_examples(b, inp)
+  group_counts = None
+  if b.group is not None:
+    counts, group_counts = _count_groups_per_host(b)
+  else:
+    counts = _count_examples(b, inp)
   num_batches = math.ceil(max(counts) / b.batch) if counts else 0
-  ds = b._payloads().enumerate().map(lambda pos, p: {"payload": p, "_epoch": tf.constant(0, tf.int64),
-                                                     "_pos": pos})
-  ds = b._processed(ds).map(lambda d: {**d, "_mask": tf.constant(1.0, tf.float32)})
+  ds = b._payloads().enumerate().map(lambda pos, p: b.element(p, tf.constant(0, tf.int64), pos))
+  ds = b._processed(b._without_count_only(ds, carry=False)).map(lambda d: {**d, "_mask": tf.constant(1.0, tf.float32)})
   spec = ds.element_spec
   unknown = [k for k, s in spec.items() if not s.shape.is_fully_defined()]
   if unknown:
@@ -554,4 +648,4 @@ def make_eval_iterator(config, eval_input, *, process_index: int, process_count:
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.batch(b.batch, drop_remainder=True).take(num_batches)
   ds = ds.prefetch(int(inp["prefetch"])).with_options(b.options)
-  return EvalIterable(ds, num_batches, counts[process_index] if counts else 0)
+  return EvalIterable(ds, num_batches, counts[process_index] if counts else 0, group_counts)

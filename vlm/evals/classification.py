@@ -7,7 +7,7 @@ softmax probabilities (`average='probs'`) and scores the average.
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` every view is also evaluated with its frames in a
 random order (every clip and view its own permutation, never the identity, from a seeded stream), and the metrics
 come back twice, the second set suffixed `_shuffled`, with `<metric>_shuffle_drop` = plain - shuffled (and, for
-single-label top-k, its paired standard error `top<k>_shuffle_drop_se`: `common.paired_drop`). A model that
+single-label top-k, its paired standard error `top<k>_shuffle_drop_se`: vlm/evals/frame_shuffle.py). A model that
 reads motion loses accuracy; a bag-of-frames model does not.
 
 Config (`config.evals.<name>`):
@@ -26,7 +26,7 @@ classes that have a positive (the Charades protocol). Single-label runs report i
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any
 
 from absl import logging
 import jax
@@ -34,75 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm import protocols
 from vlm.evals import common
-
-
-def topk_hits(scores: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
-  """[N] bool: whether each row's label is among its k highest scores (ties pessimistic)."""
-  scores = np.asarray(scores, np.float64)
-  target = scores[np.arange(len(label)), label][:, None]
-  above = (scores > target).sum(1) + ((scores == target).sum(1) - 1)
-  return above < k
-
-
-def topk_accuracy(scores: np.ndarray, label: np.ndarray, k: int) -> float:
-  """Percent of rows whose label is among the k highest scores (ties pessimistic)."""
-  return float(100.0 * np.mean(topk_hits(scores, label, k)))
-
-
-def mean_average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
-  """mAP in percent over the classes with at least one positive; `targets` [N, C] multi-hot."""
-  scores = np.asarray(scores, np.float64)
-  targets = np.asarray(targets) > 0
-  aps = []
-  for c in range(scores.shape[1]):
-    pos = targets[:, c]
-    if not pos.any():
-      continue
-    s = scores[:, c]
-    precisions = []
-    for i in np.flatnonzero(pos):
-      rank = (s >= s[i]).sum()  # pessimistic: ties count above
-      hits = (s[pos] >= s[i]).sum()
-      precisions.append(hits / rank)
-    aps.append(np.mean(precisions))
-  return float(100.0 * np.mean(aps)) if aps else 0.0
-
-
-def frame_permutations(rng: np.random.Generator, batch_shape: tuple[int, ...], num_frames: int) -> np.ndarray:
-  """[*batch_shape, F] int32 random frame orders, one per clip (and view), never the identity when F > 1.
-
-  Why one per clip: a single fixed order shared by every clip can keep much of the temporal order (e.g. [2, 0, 1,
-  3] for F = 4 still runs forwards overall), so a probe with it under-states what a model reads from order.
-  """
-  base = np.broadcast_to(np.arange(num_frames, dtype=np.int32), tuple(batch_shape) + (num_frames,))
-  perms = rng.permuted(base, axis=-1)
-  if num_frames > 1:
-    flat = perms.reshape(-1, num_frames)
-    while (same := np.all(flat == np.arange(num_frames), axis=-1)).any():
-      flat[same] = rng.permuted(flat[same], axis=-1)
-  return perms
-
-
-def permute_frames(video: jax.Array, perm: jax.Array) -> jax.Array:
-  """video [B, V, F, ...] with each clip's frames in the order perm [B, V, F] gives."""
-  index = perm.reshape(perm.shape + (1,) * (video.ndim - 3))
-  return jnp.take_along_axis(video, index, axis=2)
-
-
-def frame_orders(eval_cfg: ml_collections.ConfigDict, shuffle: bool) -> Callable[[tuple[int, ...]], np.ndarray]:
-  """A function from a [B, V, F, ...] batch shape to its [B, V, F] frame orders: in order, or with `shuffle`
-  one random order per clip from a stream seeded by `eval_cfg.shuffle_seed` (drawn batch by batch, in the same
-  sequence on every host)."""
-  rng = np.random.default_rng(int(eval_cfg.get("shuffle_seed", 0))) if shuffle else None
-
-  def orders(video_shape: tuple[int, ...]) -> np.ndarray:
-    b, v, f = video_shape[:3]
-    if rng is None:
-      return np.broadcast_to(np.arange(f, dtype=np.int32), (b, v, f))
-    return frame_permutations(rng, (b, v), f)
-
-  return orders
+from vlm.evals import frame_shuffle
+from vlm.evals import metrics as metrics_lib
 
 
 class Evaluator:
@@ -114,6 +49,7 @@ class Evaluator:
     self.eval_cfg = eval_cfg
     self.task = task
     self.mesh = mesh
+    protocols.require(task, protocols.Classifier, "evals type 'classification'")
     self.head = eval_cfg.get("head", None) or task.head_names[0]
     if self.head not in task.head_names:
       raise ValueError(f"evals head={self.head!r}; the task has heads {task.head_names}.")
@@ -125,7 +61,7 @@ class Evaluator:
   def _scores_fn(self, variables, video, perm):
     """video [B, V, F, H, W, 3], perm [B, V, F] -> view-averaged scores [B, C]."""
     b, v, f = video.shape[:3]
-    video = permute_frames(video, perm)
+    video = frame_shuffle.permute_frames(video, perm)
     flat = video.reshape((b * v,) + video.shape[2:])
     logits = self.task.predict_logits(variables, {"video": flat}, head=self.head).reshape(b, v, -1)
     if self.average == "probs":
@@ -133,7 +69,7 @@ class Evaluator:
     return logits.mean(axis=1)
 
   def _collect(self, variables, shuffle: bool):
-    orders = frame_orders(self.eval_cfg, shuffle)
+    orders = frame_shuffle.frame_orders(self.eval_cfg, shuffle)
 
     def fn(g):
       perm = orders(g["video"].shape)
@@ -149,12 +85,12 @@ class Evaluator:
     """top1 / top5 (single label) and mAP from view-averaged scores."""
     out = {}
     if labels.ndim == 1:
-      out[f"top1{suffix}"] = topk_accuracy(scores, labels, 1)
-      out[f"top5{suffix}"] = topk_accuracy(scores, labels, min(5, scores.shape[1]))
+      out[f"top1{suffix}"] = metrics_lib.topk_accuracy(scores, labels, 1)
+      out[f"top5{suffix}"] = metrics_lib.topk_accuracy(scores, labels, min(5, scores.shape[1]))
       hot = np.eye(scores.shape[1])[labels]
     else:
       hot = labels
-    out[f"mAP{suffix}"] = mean_average_precision(scores, hot)
+    out[f"mAP{suffix}"] = metrics_lib.mean_average_precision(scores, hot)
     return out
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
@@ -169,8 +105,8 @@ class Evaluator:
       if labels.ndim == 1:  # per-example hits: the paired standard error of the top-k drops
         for k in (1, 5):
           k_eff = min(k, scores.shape[1])
-          _, metrics[f"top{k}_shuffle_drop_se"] = common.paired_drop(
-              topk_hits(scores, labels, k_eff), topk_hits(shuffled_scores, labels, k_eff))
+          _, metrics[f"top{k}_shuffle_drop_se"] = frame_shuffle.paired_drop(
+              metrics_lib.topk_hits(scores, labels, k_eff), metrics_lib.topk_hits(shuffled_scores, labels, k_eff))
       metrics.update(shuffled)
     metrics["num_examples"] = float(len(scores))
     metrics["chance_top1"] = 100.0 / scores.shape[1]

@@ -1,7 +1,7 @@
 """What every evaluator shares: one pass over an eval split as global batches, results gathered from all hosts."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import ml_collections
@@ -11,31 +11,6 @@ import numpy as np
 def as_views(video: np.ndarray) -> np.ndarray:
   """[B, F, H, W, 3] (one view) or [B, V, F, H, W, 3] -> [B, V, F, H, W, 3]."""
   return video[:, None] if video.ndim == 5 else video
-
-
-def paired_drop(plain: np.ndarray, shuffled: np.ndarray) -> tuple[float, float]:
-  """The shuffled-frame probe's drop and its standard error, from per-example scores of the same examples.
-
-  Why: a drop of a point or two on a few hundred questions is within sampling noise (table A8's own drops are
-  0.0 to 3.5), so every probe reports the drop with its paired standard error; a drop is shown when it is a few
-  standard errors above zero.
-
-  Args:
-    plain, shuffled: [N] per-example scores in [0, 1] (1 = correct, or a query's hit rate), frames in order and
-      shuffled, example i the same in both.
-
-  Returns:
-    (100 * mean(plain - shuffled), 100 * std(plain - shuffled) / sqrt(N)), in points; SE 0 for N < 2.
-  """
-  plain, shuffled = np.asarray(plain, np.float64), np.asarray(shuffled, np.float64)
-  if plain.shape != shuffled.shape or plain.ndim != 1:
-    raise ValueError(f"paired_drop needs two [N] arrays of the same examples; got {plain.shape} and "
-                     f"{shuffled.shape}.")
-  if not plain.size:
-    return 0.0, 0.0
-  diff = plain - shuffled
-  se = float(100.0 * diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
-  return float(100.0 * diff.mean()), se
 
 
 def collect(config: ml_collections.ConfigDict, input_cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -57,10 +32,10 @@ def collect(config: ml_collections.ConfigDict, input_cfg: ml_collections.ConfigD
     {name: [N, ...]} for fn's outputs and `keep`, on every host.
   """
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vlm.data import inputs  # pylint: disable=g-import-not-at-top
   from vlm.parallel import multihost, partitioning  # pylint: disable=g-import-not-at-top
   sharding = partitioning.batch_sharding(mesh)
-  it = pipeline.make_eval_iterator(config, input_cfg, process_index=jax.process_index(),
+  it = inputs.make_eval_iterator(config, input_cfg, process_index=jax.process_index(),
                                    process_count=jax.process_count())
   parts: dict[str, list[np.ndarray]] = {}
   for batch in it:

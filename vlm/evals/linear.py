@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from vlm import protocols
 from vlm.evals import classification as classification_eval
 from vlm.evals import common
 
@@ -143,8 +144,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, task: Any,
                mesh: jax.sharding.Mesh):
-    if not hasattr(task, "features"):
-      raise ValueError(f"Linear evaluation needs task.features(variables, batch); {type(task).__name__} has none.")
+    protocols.require(task, protocols.FeatureExtractor, "evals type 'linear'")
     self.config, self.eval_cfg, self.task, self.mesh = config, eval_cfg, task, mesh
     self.classifiers = tuple(eval_cfg.get("classifiers", ("low_rank", "svm")))
     unknown = set(self.classifiers) - {"low_rank", "svm"}

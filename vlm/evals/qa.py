@@ -21,7 +21,7 @@ Config (`config.evals.<name>`):
     dataset's own names (the built-in dataset: `builtin.QUESTION_KINDS`, with 'colour order'), [] turns kinds off.
   candidate_batch [64]: candidates scored per call.
   shuffle_frames [False], shuffle_seed [0]: the shuffled-frame probe (SViTT table A8): `accuracy_shuffled`,
-    `accuracy_shuffle_drop` and its paired standard error `accuracy_shuffle_drop_se` (`common.paired_drop`).
+    `accuracy_shuffle_drop` and its paired standard error `accuracy_shuffle_drop_se` (`frame_shuffle.paired_drop`).
   max_examples [0 = all].
 
 Metrics: accuracy (percent) and accuracy/<group>, majority_accuracy (always answering the test split's most
@@ -40,17 +40,18 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from vlm.data import pipeline
+from vlm import protocols
+from vlm.data import inputs
 from vlm.data import sources as sources_lib
 from vlm.data import vocab as vocab_lib
-from vlm.evals import classification
 from vlm.evals import common
+from vlm.evals import frame_shuffle
 
 
 def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict
                 ) -> tuple[list[str], str, dict[str, list[str]], list[str]]:
   """(candidate answers, vocab file of the eval split's source, answer groups, question kind names)."""
-  inp = pipeline.input_config(config, eval_cfg.input)
+  inp = inputs.input_config(config, eval_cfg.input)
   source = sources_lib.get_source(inp["data"])
   answers = eval_cfg.get("answer_list", None)
   if isinstance(answers, str):
@@ -118,8 +119,7 @@ class Evaluator:
 
   def __init__(self, config: ml_collections.ConfigDict, eval_cfg: ml_collections.ConfigDict, task: Any,
                mesh: jax.sharding.Mesh):
-    if not hasattr(task, "answer_scores"):
-      raise ValueError(f"evals type 'qa': the {type(task).__name__} task has no answer_scores (use svitt_qa).")
+    protocols.require(task, protocols.AnswerScorer, "evals type 'qa' (task 'answer_decoding')")
     self.config, self.eval_cfg, self.task, self.mesh = config, eval_cfg, task, mesh
     self.answers, vocab_file, self.groups, self.kind_names = answer_list(config, eval_cfg)
     spec = dict(config.input.get("tokenizer") or {"kind": "words"})
@@ -129,14 +129,14 @@ class Evaluator:
     self._scores = jax.jit(self.task.answer_scores)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    orders = classification.frame_orders(self.eval_cfg, shuffle)
+    orders = frame_shuffle.frame_orders(self.eval_cfg, shuffle)
     chunk = int(self.eval_cfg.get("candidate_batch", 64) or 64)
     c = len(self.answers)
 
     def fn(g):
       video = g["video"]  # [B, V, F, H, W, 3]: views are scored separately and their scores averaged
       b, v, f = video.shape[:3]
-      video = classification.permute_frames(video, jnp.asarray(orders(video.shape)))
+      video = frame_shuffle.permute_frames(video, jnp.asarray(orders(video.shape)))
       video = video.reshape((b * v,) + video.shape[2:])
       question, qmask = (jnp.repeat(g[k], v, axis=0) for k in ("question", "question_mask"))
       parts = []
@@ -171,7 +171,7 @@ class Evaluator:
       correct_shuffled = np.argmax(self._collect(variables, shuffle=True)["scores"], axis=1) == gt
       shuffled = _percent_correct(correct_shuffled, sets)
       for k, sel in sets.items():
-        drop, se = common.paired_drop(correct[sel], correct_shuffled[sel])
+        drop, se = frame_shuffle.paired_drop(correct[sel], correct_shuffled[sel])
         metrics[k.replace("accuracy", "accuracy_shuffled", 1)] = shuffled[k]
         metrics[k.replace("accuracy", "accuracy_shuffle_drop", 1)] = drop
         metrics[k.replace("accuracy", "accuracy_shuffle_drop_se", 1)] = se

@@ -13,7 +13,7 @@ and the re-ranked metrics without prefix. The release re-ranks the top 128 (`k_t
 Shuffled-frame probe (SViTT table A8): with `shuffle_frames=True` the whole evaluation runs again with the frames
 of every clip in a random order of its own (a seeded stream; never the identity); `<recall>_shuffled` and
 `<recall>_shuffle_drop` (plain - shuffled) of the final ranking's R@k and R_mean report how much the model relies on
-frame order; `<recall>_shuffle_drop_se` is each drop's paired standard error over the queries (`common.paired_drop`;
+frame order; `<recall>_shuffle_drop_se` is each drop's paired standard error over the queries (`frame_shuffle.paired_drop`;
 a query's R_mean score is the mean of its three hits).
 
 Config (`config.evals.<name>`):
@@ -41,39 +41,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlm.evals import classification
+from vlm import protocols
 from vlm.evals import common
-
-
-def ranks_from_similarity(sim: np.ndarray) -> np.ndarray:
-  """0-based rank of the matching item (the diagonal) in each row of `sim`.
-
-  Args:
-    sim: [N, N] similarities; row i is query i, column i its ground-truth match.
-
-  Returns:
-    [N] int ranks: the number of other columns scoring at least as high as the target (pessimistic ties).
-  """
-  sim = np.asarray(sim, np.float64)
-  if sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
-    raise ValueError(f"Expected a square similarity matrix, got shape {sim.shape}.")
-  target = np.diag(sim)[:, None]
-  ge = sim >= target
-  return ge.sum(axis=1) - 1  # minus the target itself
-
-
-def retrieval_metrics(sim: np.ndarray, prefix: str = "") -> dict[str, float]:
-  """R@1/5/10 (percent), their mean, median rank and mean rank (1-based) for a [N, N] query x gallery score."""
-  return metrics_from_ranks(ranks_from_similarity(sim), prefix)
-
-
-def metrics_from_ranks(ranks: np.ndarray, prefix: str = "") -> dict[str, float]:
-  """`retrieval_metrics` from the [N] 0-based ranks of the targets."""
-  out = {f"{prefix}R@{k}": float(100.0 * np.mean(ranks < k)) for k in (1, 5, 10)}
-  out[f"{prefix}R_mean"] = float(np.mean([out[f"{prefix}R@{k}"] for k in (1, 5, 10)]))
-  out[f"{prefix}MedR"] = float(np.median(ranks) + 1)
-  out[f"{prefix}MeanR"] = float(np.mean(ranks) + 1)
-  return out
+from vlm.evals import frame_shuffle
+from vlm.evals import metrics as metrics_lib
+from vlm.losses import contrastive
 
 
 def rerank(sim: np.ndarray, k: int, score_pairs) -> np.ndarray:
@@ -99,11 +71,6 @@ def rerank(sim: np.ndarray, k: int, score_pairs) -> np.ndarray:
   return out
 
 
-def l2_normalize(x: np.ndarray | jax.Array, axis: int = -1, eps: float = 1e-8):
-  xp = jnp if isinstance(x, jax.Array) else np
-  return x / xp.maximum(xp.linalg.norm(x, axis=axis, keepdims=True), eps)
-
-
 class Evaluator:
   """Text-video retrieval on a test split (see module docstring)."""
 
@@ -114,16 +81,17 @@ class Evaluator:
     self.task = task
     self.mesh = mesh
     self.rerank_k = int(eval_cfg.get("rerank_k", 0) or 0)
-    if self.rerank_k and not all(hasattr(task, m) for m in ("encode_video", "encode_text", "match_scores")):
-      raise ValueError(f"evals rerank_k={self.rerank_k}: the {type(task).__name__} task has no cross-modal "
-                       "matcher (encode_video / encode_text / match_scores); set rerank_k=0.")
+    protocols.require(task, protocols.DualEncoder, "evals type 'retrieval'")
+    if self.rerank_k:
+      protocols.require(task, protocols.CrossEncoder, f"evals type 'retrieval' with rerank_k={self.rerank_k} "
+                        "(set rerank_k=0 for a dual encoder)")
     self._embed = jax.jit(self._embed_fn)
     self._match = jax.jit(self._match_fn)
 
   def _embed_fn(self, variables, video, text, text_mask, perm):
     """video [B, V, F, H, W, 3] (frames reordered by perm [B, V, F]) -> per-video and per-caption outputs."""
     b, v = video.shape[:2]
-    video = classification.permute_frames(video, perm)
+    video = frame_shuffle.permute_frames(video, perm)
     flat = video.reshape((b * v,) + video.shape[2:])
     text, text_mask = _first_caption(text), _first_caption(text_mask)
     out = {}
@@ -134,8 +102,9 @@ class Evaluator:
     else:
       vid = self.task.embed_video(variables, flat)
       txt = self.task.embed_text(variables, text, text_mask)
-    out["video"] = l2_normalize(l2_normalize(vid.reshape(b, v, -1)).mean(axis=1))  # B.9 view average
-    out["text"] = l2_normalize(txt)
+    norm = contrastive.l2_normalize
+    out["video"] = norm(norm(vid.reshape(b, v, -1)).mean(axis=1))  # B.9 view average
+    out["text"] = norm(txt)
     out["text_ids"], out["text_ids_mask"] = text, text_mask
     return out
 
@@ -144,7 +113,7 @@ class Evaluator:
     return self.task.match_scores(variables, hidden, text_mask, video_tokens)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:
-    orders = classification.frame_orders(self.eval_cfg, shuffle)
+    orders = frame_shuffle.frame_orders(self.eval_cfg, shuffle)
 
     def fn(g):
       perm = orders(g["video"].shape)
@@ -176,13 +145,13 @@ class Evaluator:
       score = self._score_pairs(variables, out)
       t2v = rerank(sim, self.rerank_k, score)
       v2t = rerank(sim.T, self.rerank_k, lambda q, g: score(g, q))
-      metrics.update(retrieval_metrics(sim, prefix="vtc_t2v_"))
-      metrics.update(retrieval_metrics(sim.T, prefix="vtc_v2t_"))
+      metrics.update(metrics_lib.retrieval_metrics(sim, prefix="vtc_t2v_"))
+      metrics.update(metrics_lib.retrieval_metrics(sim.T, prefix="vtc_v2t_"))
     else:
       t2v, v2t = sim, sim.T
-    ranks = {"t2v_": ranks_from_similarity(t2v), "v2t_": ranks_from_similarity(v2t)}
+    ranks = {"t2v_": metrics_lib.ranks_from_similarity(t2v), "v2t_": metrics_lib.ranks_from_similarity(v2t)}
     for prefix, r in ranks.items():
-      metrics.update(metrics_from_ranks(r, prefix=prefix))
+      metrics.update(metrics_lib.metrics_from_ranks(r, prefix=prefix))
     return {k + suffix: v for k, v in metrics.items()}, ranks
 
   def run(self, variables: dict, step: int) -> dict[str, float]:
@@ -202,7 +171,7 @@ class Evaluator:
         hits = {f"R@{k}": (ranks[prefix] < k, shuffled_ranks[prefix] < k) for k in (1, 5, 10)}
         hits["R_mean"] = tuple(np.mean([h[i] for h in hits.values()], axis=0) for i in (0, 1))
         for name, (plain, shuffled_hits) in hits.items():
-          _, metrics[f"{prefix}{name}_shuffle_drop_se"] = common.paired_drop(plain, shuffled_hits)
+          _, metrics[f"{prefix}{name}_shuffle_drop_se"] = frame_shuffle.paired_drop(plain, shuffled_hits)
     metrics["num_pairs"] = float(n)
     metrics["chance_R@1"] = 100.0 / max(n, 1)
     logging.info("retrieval: %d pairs in %.1fs at step %d: %s", n, time.time() - start, step,

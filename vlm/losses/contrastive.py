@@ -8,6 +8,8 @@ captions for MIL-NCE with text). With s(x, y) = <x, y> / tau on L2-normalised em
      one softmax whose denominator holds both directions (anchor i vs every candidate, and clip i's
      candidates vs every anchor); the positives appear in both halves, as in the release.
   'separate': the sum of the two one-directional terms, each with its own denominator.
+  'average': half of 'separate', the mean of the two terms (ALBEF / Singularity / SViTT as released:
+     `loss_ita = (loss_i2t + loss_t2i) / 2` in JerryYLi/svitt models/model_retrieval_base.py).
 
 Negatives come from the whole batch passed in: under `jit` on global arrays that is the global batch, so no
 explicit all-gather is needed (the release gathers across replicas by hand).
@@ -42,7 +44,7 @@ def mil_nce_loss(*, anchors: jax.Array, candidates: jax.Array, candidate_mask: j
     candidate_mask: optional [B, K], nonzero for valid candidates.
     sample_mask: optional [B], nonzero for samples that take part (e.g. clips that have text).
     temperature: tau (VATT: 0.07).
-    directions: 'joint' (as released) or 'separate' (see module docstring).
+    directions: 'joint' (VATT as released), 'separate' or 'average' (see module docstring).
     normalize: L2-normalise the embeddings first (VATT: yes).
 
   Returns:
@@ -53,8 +55,8 @@ def mil_nce_loss(*, anchors: jax.Array, candidates: jax.Array, candidate_mask: j
   if candidates.ndim != 3 or anchors.ndim != 2 or candidates.shape[0] != anchors.shape[0]:
     raise ValueError(f"Expected anchors [B, D] and candidates [B, K, D], got {anchors.shape} and "
                      f"{candidates.shape}.")
-  if directions not in ("joint", "separate"):
-    raise ValueError(f"directions must be 'joint' or 'separate', got {directions!r}.")
+  if directions not in ("joint", "separate", "average"):
+    raise ValueError(f"directions must be 'joint', 'separate' or 'average', got {directions!r}.")
   b, k = candidates.shape[:2]
   dtype = jnp.promote_types(anchors.dtype, jnp.float32)  # bf16 -> f32; f64 stays f64
   a = anchors.astype(dtype)
@@ -78,6 +80,8 @@ def mil_nce_loss(*, anchors: jax.Array, candidates: jax.Array, candidate_mask: j
   else:
     per_sample = (jax.nn.logsumexp(anchor_to_all, axis=1) - lse_pos) + (
         jax.nn.logsumexp(cand_to_all, axis=1) - lse_pos)
+    if directions == "average":
+      per_sample = per_sample / 2
 
   validf = valid.astype(dtype)
   per_sample = jnp.where(valid, per_sample, 0.0)

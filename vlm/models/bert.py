@@ -11,8 +11,8 @@ encoder f_t. Singularity / SViTT split one 12-layer BERT into 9 text layers and 
 Multimodal node sparsity (SViTT supplement A.1, q_m): with `context_prune_after=(1,)` and `context_keep_rate=q_m`,
 after the cross-attention of those layers (1-based) the context keeps its first token ([CLS]) and the ceil(q_m N)
 video tokens that the text [CLS] attended to most in that cross-attention, averaged over heads; later layers
-cross-attend to the kept tokens only. The paper states this; the release's config never reaches its code (see
-/work/shared/reference/peers.md section 3), so here it is applied as stated.
+cross-attend to the kept tokens only. The paper states this; the release's configs set `joint_encoder_args` but
+no code reads it (JerryYLi/svitt, models/sparse_xbert.py), so here it is applied as stated.
 
 `causal=True` makes the self-attention causal (SViTT's QA answer decoder, a BERT LM head model over the answer).
 

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vlm.models import beit
 from vlm.models import bert
+from vlm.models import hf_weights
+from vlm.nn import video_positions
 from vlm.nn import logical as ax
 from vlm.nn import transformer
 
@@ -148,3 +152,134 @@ class Model(nn.Module):
     if self.decoder_layers and answer is not None:
       out["answer_logits"] = self.answer_logits(answer, answer_mask, fused, text_mask, train=train)
     return out
+
+
+# ================================================================================================== loading
+def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, model: Model) -> dict[str, Any]:
+  """SViTT's part of `config.init` (vlm/train/init.py): checkpoint surgery and HF weights.
+
+  From a checkpoint (`config.init.path`; `restored` holds its params under the model's paths):
+    * temporal expansion: `relative_position_bias_table` / `pos_embedding` of another frame count are expanded
+      when `config.init.options.frames_from` names the checkpoint's frames (equations 7, 10-11: relative tables
+      by nearest temporal offset, absolute ones by nearest frame); without it such a table is an error;
+    * the QA answer decoder, absent from a pre-training checkpoint: its layers start from the multimodal
+      encoder's (the text encoder's beyond those), its embeddings from the text encoder's, its head from the MLM
+      head (the release initialises the decoder from BERT's upper layers).
+  From scratch, SViTT starts from image BEiT and BERT (A.1): `config.init.options.beit` (an HF `BeitModel`
+  .safetensors with its config.json) fills the video encoder, its 2-D relative tables inflated to 3-D (equations
+  8-11); `config.init.options.bert` (HF `BertModel` / `BertForMaskedLM`) fills layers 0..L_t-1 into f_t, the
+  next L_m into f_m (whose cross-attention stays fresh) and the MLM head when the file has one. Everything else
+  keeps its fresh value; a weight that does not fit is an error naming it.
+  """
+  options = dict(init.get("options") or {})
+  hf_files = {k: options.get(k) for k in ("beit", "bert") if options.get(k)}
+  if restored is not None and hf_files:
+    raise ValueError("config.init.path and config.init.options.beit / .bert both set: start either from a "
+                     "checkpoint or from HF weights.")
+  if restored is not None:
+    return _adapt_checkpoint(params, restored, options.get("frames_from"), model)
+  return {**params, **_hf_weights(params, hf_files, model)} if hf_files else {}
+
+
+def _adapt_checkpoint(params: dict[str, Any], restored: dict[str, Any], frames_from: int | None, model: Model
+                      ) -> dict[str, Any]:
+  vision = dict(model.vision)
+  frames, side = vision["frames"], vision["image_size"] // vision["patch_size"]
+  out, problems = {}, []
+  for path, target in params.items():
+    src_path = path
+    if path not in restored and path.startswith(("answer_decoder/", "answer_head/")):
+      src_path = _decoder_source(path, restored)
+    src = restored.get(src_path)
+    if src is None:
+      continue  # the completeness check names it (or keeps it fresh with fallback_to_scratch)
+    src = np.asarray(src)
+    if src.shape == tuple(target.shape):
+      out[path] = src
+      continue
+    if path.endswith(("relative_position_bias_table", "pos_embedding")):
+      if frames_from is None:
+        problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}: the checkpoint has "
+                        "another number of frames; set config.init.options.frames_from to its frame count to "
+                        "expand it")
+        continue
+      if path.endswith("relative_position_bias_table"):
+        new = video_positions.expand_relative(src, (int(frames_from), side, side), frames)
+      else:
+        new = video_positions.expand_absolute(src[0], int(frames_from), frames)[None]
+      if new.shape != tuple(target.shape):
+        problems.append(f"{path}: expanded {new.shape} vs model {tuple(target.shape)}")
+        continue
+      out[path] = new
+      continue
+    problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}")
+  if problems:
+    raise ValueError("Checkpoint does not fit the SViTT model:\n  " + "\n  ".join(problems))
+  return out
+
+
+def _decoder_source(path: str, restored: dict[str, Any]) -> str:
+  """Where a QA decoder parameter starts from in a pre-training checkpoint (see `load`)."""
+  if path.startswith("answer_head/"):
+    return "mlm_head/" + path[len("answer_head/"):]
+  rest = path[len("answer_decoder/"):]
+  if rest.startswith("layer_"):
+    candidate = "fusion_encoder/" + rest
+    return candidate if candidate in restored else "text_encoder/" + rest
+  return "text_encoder/" + rest  # embeddings
+
+
+def _hf_weights(params: dict[str, Any], files: dict[str, str], model: Model) -> dict[str, np.ndarray]:
+  """The HF BEiT / BERT tensors mapped onto this model's parameter paths (see `load`)."""
+  vision = dict(model.vision)
+  loaded: dict[str, np.ndarray] = {}
+  if files.get("beit"):
+    side = vision["image_size"] // vision["patch_size"]
+    _check_hf_config(files["beit"], vision["num_heads"], "config.init.options.beit", grid=side)
+    tree = beit.from_hf_beit(hf_weights.read_weights(files["beit"]), vision["num_heads"], image_grid=(side, side),
+                             frames=vision["frames"])
+    loaded.update(_prefixed(tree, "video_encoder"))
+  if files.get("bert"):
+    _check_hf_config(files["bert"], model.num_heads, "config.init.options.bert")
+    flat = hf_weights.read_weights(files["bert"])
+    loaded.update(_prefixed(bert.from_hf_bert(flat, model.num_heads, num_layers=model.text_layers), "text_encoder"))
+    loaded.update(_prefixed(bert.from_hf_bert(flat, model.num_heads, first_layer=model.text_layers,
+                                              num_layers=model.fusion_layers, embeddings=False), "fusion_encoder"))
+    head = "cls.predictions."
+    if head + "bias" in flat:
+      take = lambda n: hf_weights.take(flat, head + n, "HF BERT MLM head")
+      loaded.update({"mlm_head/transform/kernel": take("transform.dense.weight").T,
+                     "mlm_head/transform/bias": take("transform.dense.bias"),
+                     "mlm_head/transform_norm/scale": take("transform.LayerNorm.weight"),
+                     "mlm_head/transform_norm/bias": take("transform.LayerNorm.bias"),
+                     "mlm_head/bias": take("bias")})
+  problems = [f"{k}: not a parameter of this model" for k in loaded if k not in params]
+  problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(params[k].shape)}" for k, v in loaded.items()
+               if k in params and tuple(v.shape) != tuple(params[k].shape)]
+  if problems:
+    raise ValueError("Pretrained weights (config.init.options.beit / .bert) do not fit the SViTT model:\n  "
+                     + "\n  ".join(problems))
+  fresh = sorted({"/".join(k.split("/")[:2]) for k in params if k not in loaded})
+  logging.info("SViTT: %d of %d tensors from pretrained weights; fresh: %s", len(loaded), len(params), fresh)
+  return loaded
+
+
+def _prefixed(tree: Any, prefix: str) -> dict[str, np.ndarray]:
+  import flax  # pylint: disable=g-import-not-at-top
+  return {f"{prefix}/{k}": np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
+
+
+def _check_hf_config(path: str, heads: int, field: str, grid: int | None = None) -> None:
+  """The config.json beside HF weights against the model: the head count (HF fuses the heads in its Linear
+  layers, so another count would load without a shape error) and, for BEiT, the patch grid its relative
+  tables were trained on (no 2-D resampling here: pick input.crop_size to match)."""
+  config = hf_weights.hf_config(path)
+  if config is None:
+    raise ValueError(f"{field}={path!r}: no config.json beside the weights (save_pretrained writes one); it gives "
+                     "the head count.")
+  if int(config["num_attention_heads"]) != heads:
+    raise ValueError(f"{field}={path!r} has {config['num_attention_heads']} attention heads; the model has {heads}.")
+  if grid is not None and int(config["image_size"]) // int(config["patch_size"]) != grid:
+    raise ValueError(f"{field}={path!r} was trained on a {config['image_size'] // config['patch_size']}-patch grid "
+                     f"({config['image_size']} px / {config['patch_size']}); the model's frames have {grid} "
+                     "patches a side: set input.crop_size to match.")

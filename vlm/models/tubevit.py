@@ -30,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
@@ -128,3 +129,28 @@ def _plain(spec: Any) -> Any:
   if isinstance(spec, str):
     return spec
   return tuple(tubes_lib.parse_tubes([dict(item) if hasattr(item, "items") else item for item in spec]))
+
+
+def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, model: Any) -> dict[str, Any]:
+  """TubeViT's part of `config.init` (vlm/train/init.py): an image-ViT weights file.
+
+  `config.init.path` a big_vision / vision_transformer .npz or an HF ViT .safetensors: the Transformer, the
+  [CLS] token and the final norm load into the backbone, the image patch kernel is inflated to every tube kernel
+  (vlm/models/vit_checkpoints.py); heads and anything else keep their fresh values. A checkpoint directory
+  (`restored`) loads as it is (renames go in config.init.assignment_map).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from vlm.models import vit_checkpoints  # pylint: disable=g-import-not-at-top
+  del model
+  path = init.get("path")
+  if restored is not None or not path or not os.path.isfile(path):
+    return dict(restored or {})
+  prefix = "backbone/" if any(k.startswith("backbone/") for k in params) else ""
+  if not any(k.startswith(prefix + "tubes/") for k in params):
+    raise ValueError(f"config.init.path={path!r} is an image-ViT file; only backbones with sparse tubes load it.")
+  import flax  # pylint: disable=g-import-not-at-top
+  backbone = flax.traverse_util.unflatten_dict(
+      {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}, sep="/")
+  backbone = vit_checkpoints.init_backbone(vit_checkpoints.read_vit(path), backbone)
+  loaded = {prefix + k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(backbone, sep="/").items()}
+  return {**params, **loaded}

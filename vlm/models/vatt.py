@@ -47,6 +47,8 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from vlm.models.tokenizers import audio as audio_tok
 from vlm.models.tokenizers import text as text_tok
@@ -438,8 +440,8 @@ class VideoBackbone(nn.Module):
 
   Submodule names match `Model` ('video', and 'backbone' for the modality-agnostic shared Transformer), so a
   pre-training checkpoint's `params['video']` (and `params['backbone']`) load into it unchanged
-  (vlm/tasks/classification.py `adapt_init_params`). The positional tables keep their pre-training buckets and
-  are resampled on the fly when the fine-tuning grid differs (B.5: 320 crops; DESIGN decision 1).
+  (configs/vatt/finetune.py's `config.init.assignment_map`). The positional tables keep their pre-training buckets and
+  are resampled on the fly when the fine-tuning grid differs (B.5: 320 crops; docs/design.md).
   """
   variant: str = "BBS"
   tiny: bool = False
@@ -483,9 +485,8 @@ def _shared_encoder(size: Size, owner: Model | VideoBackbone) -> transformer.Enc
 
 
 def build_backbone(config) -> VideoBackbone:
-  """The classification backbone for config.model.name = 'vatt' (fields as in vlm/tasks/vatt_pretrain.py)."""
-  from vlm.tasks import vatt_pretrain  # pylint: disable=g-import-not-at-top  (the task imports this module)
-  kw = vatt_pretrain.model_kwargs(config)
+  """The classification backbone for config.model.name = 'vatt' (fields as in vlm/tasks/contrastive.py)."""
+  kw = model_kwargs(config)
   return VideoBackbone(
       variant=kw["variant"], tiny=kw["tiny"], video_patch_size=kw["video_patch_size"],
       video_pos_buckets=kw["video_pos_buckets"], droptoken_rate=float(config.model.get("droptoken_rate", 0.0)),
@@ -493,3 +494,99 @@ def build_backbone(config) -> VideoBackbone:
       dropout_rate=kw["dropout_rate"], attention_dropout_rate=kw["attention_dropout_rate"],
       attention=kw["attention"], resize_method=kw["resize_method"], remat=kw["remat"], scan=kw["scan"],
       dtype=kw["dtype"])
+
+
+# ============================================================================================ construction
+def _tuple(x) -> tuple[int, ...]:
+  return tuple(int(v) for v in x)
+
+
+def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the batch keys from config.input / config.model (see module docstring)."""
+  inp = config.get("input") or ml_collections.ConfigDict()
+  frames = int(inp.get("num_frames", 32))
+  crop = int(inp.get("crop_size", 224))
+  fps = inp.get("fps", 10.0)
+  seconds = frames / float(fps) if fps else None
+  shapes = {"video": (frames, crop, crop, 3), "audio_mask": (),
+            "text": (int(inp.get("num_captions", 1)), int(inp.get("max_text_len", 16)))}
+  if config.model.get("spectrogram", False):
+    t = int(inp.get("spectrogram_frames", 0) or 0)
+    if not t and seconds:
+      t = int(round(seconds / 0.021))  # 21 ms hop (VATT appendix D)
+    shapes["audio"] = (t, int(inp.get("num_mel_bins", 80)))
+  else:
+    t = int(inp.get("audio_samples", 0) or 0)
+    if not t and seconds:
+      t = int(round(seconds * int(inp.get("audio_sample_rate", 48_000))))
+    shapes["audio"] = (t,)
+  if not t:
+    raise ValueError("Cannot size the audio: set config.input.fps (clip length = num_frames / fps), or "
+                     "config.input.audio_samples / spectrogram_frames.")
+  shapes["text_mask"] = shapes["text"]
+  return shapes
+
+
+def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """vatt.Model keyword arguments from config.model, with positional buckets derived from config.input."""
+  m = config.model
+  variant = str(m.get("variant", "BBS"))
+  if m.get("modality_agnostic", False) and not variant.upper().startswith("MA"):
+    if len(variant) != 1:
+      raise ValueError(f"model.modality_agnostic=True needs a one-letter size or an 'MA' variant, got {variant!r}.")
+    variant = f"MA-{variant}"
+  shapes = input_shapes(config)
+  video_patch = _tuple(m.get("video_patch_size", (4, 16, 16)))
+  audio_patch = int(m.get("audio_patch_size", 128))
+  spec_patch = _tuple(m.get("spectrogram_patch_size", (16, 5)))
+  spectrogram = bool(m.get("spectrogram", False))
+  video_buckets = m.get("video_pos_buckets", None)
+  if video_buckets is None:
+    video_buckets = tuple(s // p for s, p in zip(shapes["video"][:3], video_patch))
+  audio_buckets = m.get("audio_pos_buckets", None)
+  if audio_buckets is None:
+    audio_buckets = (tuple(s // p for s, p in zip(shapes["audio"], spec_patch)) if spectrogram
+                     else (shapes["audio"][0] // audio_patch,))
+  return dict(
+      variant=variant, tiny=bool(m.get("tiny", False)), video_patch_size=video_patch,
+      audio_patch_size=audio_patch, spectrogram=spectrogram, spectrogram_patch_size=spec_patch,
+      video_pos_buckets=_tuple(video_buckets), audio_pos_buckets=_tuple(audio_buckets),
+      text_pos_buckets=int(m.get("text_pos_buckets", 16)), text_posemb=str(m.get("text_posemb", "relative")),
+      relative_position_buckets=int(m.get("relative_position_buckets", 32)),
+      relative_max_distance=int(m.get("relative_max_distance", 64)),
+      vocab_size=int(m.get("text_vocab_size", 2 ** 16)), word_dim=int(m.get("text_embed_dim", 300)),
+      trainable_embeddings=bool(m.get("trainable_embeddings", False)),
+      droptoken_rate=float(m.get("droptoken_rate", 0.5)),
+      droptoken_per_sample=bool(m.get("droptoken_per_sample", False)),
+      dropout_rate=float(m.get("dropout_rate", 0.1)),
+      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
+      va_dim=int(m.get("va_dim", 512)), vat_dim=int(m.get("vat_dim", 256)),
+      post_projection_dim=int(m.get("post_projection_dim", 1024)),
+      bn_momentum=float(m.get("bn_momentum", 0.9)), bn_epsilon=float(m.get("bn_epsilon", 1e-5)),
+      resize_method=str(m.get("resize_method", "spline")), attention=str(m.get("attention", "dense")),
+      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)),
+      dtype=jnp.dtype(m.get("dtype", "float32")))
+
+
+# ================================================================================================= loading
+def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, model: Any) -> dict[str, Any]:
+  """VATT's part of `config.init` (vlm/train/init.py): positional tables with another bucket count.
+
+  A learned table (`.../posemb/*_embedding`) whose bucket count differs from the model's (fine-tuning at 320
+  crops, VATT B.5: 8 + 14 + 14 pre-training buckets become 8 + 20 + 20) is resampled with the model's resize
+  method (the release's per-axis polyharmonic spline by default), as the release's `interpolate_pos` does. Paths
+  may carry a task prefix (`backbone/` on the classification path). Everything else must fit as it is.
+  """
+  del init
+  if restored is None:
+    return {}
+  method = getattr(getattr(model, "backbone", model), "resize_method", "spline")
+  out = {}
+  for path, src in restored.items():
+    target = params.get(path)
+    if (target is not None and np.shape(src) != np.shape(target) and "/posemb/" in f"/{path}"
+        and path.endswith("_embedding") and np.ndim(src) == np.ndim(target)
+        and np.shape(src)[1:] == np.shape(target)[1:]):
+      src = np.asarray(posemb_lib.resize_table(jnp.asarray(src, jnp.float32), np.shape(target)[0], method=method))
+    out[path] = src
+  return out

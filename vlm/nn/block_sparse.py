@@ -10,7 +10,7 @@ nblk = ceil(N / G) blocks of G tokens; each query block attends to
 
 and global queries attend densely to every key. One pattern serves the whole batch and every head (as the
 release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
-evaluation they come from a fixed seed, so evaluation is deterministic (DESIGN decision 3; the release redraws
+evaluation they come from a fixed seed, so evaluation is deterministic (docs/design.md, SViTT; the release redraws
 at evaluation too). Encoders give every layer its own evaluation pattern, the seed's key with the layer index
 folded in (`layer_options` in unrolled encoders; the index traced in a scanned one), so evaluation sees what
 training sees, independent patterns in successive layers; with one pattern shared by every layer a query block

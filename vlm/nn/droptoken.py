@@ -1,6 +1,6 @@
 """DropToken (VATT section 3.3): train on a random subset of the input tokens.
 
-As released (DESIGN decision 2; `vatt/modeling/backbones/video/vitx3d.py:_random_patch_selection`):
+As released (docs/design.md, VATT: DropToken; `vatt/modeling/backbones/video/vitx3d.py:_random_patch_selection`):
   * the number kept is fixed, `int(keep_rate * max_buckets)`, where max_buckets is the number of positional
     buckets the tower was configured with (8*14*14 = 1568 -> 784 for video, 1200 -> 600 for audio at rate 0.5),
     not the number of tokens actually present;

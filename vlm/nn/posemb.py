@@ -7,7 +7,7 @@ spectral tables. As released (`vatt/modeling/common/transformers.py`): tables ar
 normal of std hidden**-0.5, a LayerNorm is applied to the *summed* positional embedding, which is then added to
 the tokens, and dropout follows.
 
-Resizing (DESIGN decision 1). The paper says the fine-tuning tables (8 + 20 + 20 buckets at 320x320) were made
+Resizing (docs/design.md, VATT: resizing positional tables). The paper says the fine-tuning tables (8 + 20 + 20 buckets at 320x320) were made
 by "bi-cubic interpolation"; the release resamples each 1-D table on the fly whenever the grid differs from the
 buckets, with `tfa.image.interpolate_spline(order=3)` on normalised coordinates: known points i/n, queries j/m.
 That is a polyharmonic spline with phi(r) = r**3, a linear polynomial term and no regularisation. We implement

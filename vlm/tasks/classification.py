@@ -96,8 +96,8 @@ class Task:
     if inp.get("mixture", None) is not None:
       # Batches say `dataset` = index in the mixture's order, so the heads follow that order (ConfigDicts sort
       # their keys: never rely on the order `heads` was written in).
-      from vlm.data import mixture  # pylint: disable=g-import-not-at-top
-      order = mixture.mixture_names(config)
+      from vlm.data import inputs  # pylint: disable=g-import-not-at-top
+      order = inputs.mixture_names(config)
       if set(order) != set(heads):
         raise ValueError(f"config.task.heads {sorted(heads)} must name exactly the datasets of "
                          f"config.input.mixture {sorted(order)}.")
@@ -167,63 +167,6 @@ class Task:
     if "label" not in batch:
       raise ValueError(f"the batch has neither 'label' nor 'labels' with {classes} classes for head {name!r}.")
     return smooth_onehot(batch["label"], classes, self.label_smoothing)
-
-  # --------------------------------------------------------------------------------------------- checkpoints
-  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
-    """Init-checkpoint hook (vlm/train/trainer.py): fine-tune from a pre-training or classification checkpoint.
-
-    The backbone's parameters come from `loaded['backbone']` when the checkpoint is a classifier (e.g. the
-    Kinetics + ImageNet model fine-tuned on Charades), else from the checkpoint's top level (a family's
-    pre-training model whose submodule names the backbone shares: VATT's 'video' tower). Heads are copied when
-    their name and shape match, and are otherwise fresh (new datasets, new class counts). Learned positional
-    tables (`.../posemb/*_embedding`) with another bucket count are resampled (VATT B.5); any other mismatch is
-    an error naming the parameter.
-    """
-    from flax import traverse_util  # pylint: disable=g-import-not-at-top
-    unbox = lambda t: jax.tree.map(lambda p: getattr(p, "value", p), t, is_leaf=lambda p: hasattr(p, "value"))
-    init = traverse_util.flatten_dict(unbox(init_params), sep="/")
-    loaded = unbox(loaded)
-    source = loaded["backbone"] if "backbone" in loaded and "backbone" in init_params and any(
-        k.startswith("head_") for k in loaded) else loaded
-    src = traverse_util.flatten_dict(source, sep="/")
-    heads = traverse_util.flatten_dict({k: v for k, v in loaded.items() if k.startswith("head_")}, sep="/")
-    out, missing = {}, []
-    for path, value in init.items():
-      if path.startswith("head_"):
-        take = heads.get(path)
-        out[path] = take if take is not None and np.shape(take) == np.shape(value) else value
-        continue
-      key = path[len("backbone/"):]
-      if key not in src:
-        missing.append(path)
-        continue
-      if ("/posemb/" in f"/{key}" and key.endswith("_embedding") and np.ndim(value) == np.ndim(src[key])
-          and np.shape(src[key])[1:] == np.shape(value)[1:]):
-        # VATT B.5: 8+14+14 pre-training buckets become 8+20+20 for 320 crops, resampled once here (spline, as
-        # the release; DESIGN decision 1), then fine-tuned.
-        from vlm.nn import posemb as posemb_lib  # pylint: disable=g-import-not-at-top
-        out[path] = posemb_lib.resize_table(jnp.asarray(src[key]), np.shape(value)[0], method="spline")
-        continue
-      if np.shape(src[key]) != np.shape(value):
-        raise ValueError(f"init checkpoint parameter {key} has shape {np.shape(src[key])}; the model's "
-                         f"{path} has {np.shape(value)}.")
-      out[path] = src[key]
-    if missing:
-      raise ValueError(f"init checkpoint lacks {len(missing)} backbone parameters, e.g. {missing[:5]}.")
-    return traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in out.items()}, sep="/")
-
-  def init_params_from_file(self, path: str, init_params: Any) -> Any:
-    """Init-file hook (vlm/train/trainer.py): an image ViT checkpoint file (big_vision / vision_transformer .npz
-    or HF .safetensors) into the backbone, its patch kernel inflated to the tubes; heads stay fresh
-    (vlm/models/vit_checkpoints.py)."""
-    from vlm.models import vit_checkpoints  # pylint: disable=g-import-not-at-top
-    unbox = lambda t: jax.tree.map(lambda p: getattr(p, "value", p), t, is_leaf=lambda p: hasattr(p, "value"))
-    params = unbox(init_params)
-    if "tubes" not in params.get("backbone", {}):
-      raise ValueError(f"config.init_checkpoint={path!r} is an image-ViT file; only backbones with sparse tubes "
-                       "(TubeViT) load those.")
-    backbone = vit_checkpoints.init_backbone(vit_checkpoints.read_vit(path), params["backbone"])
-    return jax.tree.map(jnp.asarray, {**params, "backbone": backbone})
 
   # --------------------------------------------------------------------------------------------- predictions
   def predict_logits(self, variables, batch, *, head: str | None = None) -> jax.Array:

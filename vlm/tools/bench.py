@@ -48,6 +48,7 @@ import jax
 from ml_collections import config_flags
 import numpy as np
 
+from vlm import protocols
 from vlm.tools import common
 
 _STEPS = flags.DEFINE_integer("steps", 7, "Timed steps after compilation and warm-up (median reported; >= 5).")
@@ -112,7 +113,7 @@ def synthetic_batch(task, batch_size: int, seed: int = 0) -> dict[str, np.ndarra
 
 def objective_task(task, name: str):
   """`task.bench_objectives()[name]`: an object with the task protocol's dummy_batch / init_variables / loss_fn."""
-  objectives = task.bench_objectives() if hasattr(task, "bench_objectives") else {}
+  objectives = task.bench_objectives() if isinstance(task, protocols.PartialObjectives) else {}
   if name not in objectives:
     raise ValueError(f"--objective={name!r}: the task offers {sorted(objectives) or 'none'}.")
   return objectives[name]

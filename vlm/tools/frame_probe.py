@@ -8,7 +8,7 @@ its video tokens still say which frame they come from when the multimodal encode
 encoder (after token pruning, through the same layer norm the multimodal encoder sees) on the first evaluator's
 split, labels every patch token with its frame from the positions it carries, fits a least-squares one-hot
 classifier on the tokens of the first half of the clips and reports its accuracy on the other half, against
-chance 1/T. Without a checkpoint in `--workdir` (or `config.init_checkpoint`) it probes the initialisation.
+chance 1/T. Without a checkpoint in `--workdir` (or `config.init.path`) it probes the initialisation.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def probe_accuracy(features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
 
 def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]:
   """Everything the command prints, as a dict."""
-  from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
+  from vlm.data import inputs  # pylint: disable=g-import-not-at-top
   from vlm.train import trainer  # pylint: disable=g-import-not-at-top
   if batches < 1:
     raise ValueError(f"batches={batches}; the probe needs at least one evaluation batch.")
@@ -74,7 +74,7 @@ def frame_probe(config, workdir: str | None, batches: int = 4) -> dict[str, Any]
 
   encode = jax.jit(lambda p, v: model.apply({"params": p}, v, method=tokens_and_positions))
   feats, frames, clips, num_clips = [], [], [], 0
-  it = pipeline.make_eval_iterator(config, eval_input, process_index=0, process_count=1)
+  it = inputs.make_eval_iterator(config, eval_input, process_index=0, process_count=1)
   for i, batch in enumerate(it):
     if i >= batches:
       break

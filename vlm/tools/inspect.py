@@ -24,6 +24,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from vlm import protocols
 from vlm.parallel import partitioning
 from vlm.tools import common
 
@@ -77,9 +78,9 @@ def inspect(config, *, with_flops: bool = True) -> dict[str, Any]:
       "mesh": {k: int(v) for k, v in setup.mesh.shape.items()},
       "sharding_preset": config.get("sharding") or "dp",
   }
-  if hasattr(task, "token_counts"):
+  if isinstance(task, protocols.TokenCounter):
     out["tokens_per_modality"] = {k: int(v) for k, v in task.token_counts().items()}
-  if hasattr(task, "attention_edges"):  # SViTT equations 1-3: attention-graph size and edge sparsity
+  if isinstance(task, protocols.EdgeCounter):  # SViTT equations 1-3: attention-graph size and edge sparsity
     out["attention_edges"] = {k: float(v) for k, v in task.attention_edges().items()}
   specs = partitioning.describe(var_spec.param_shardings)
   shapes = {partitioning.path_str(p): tuple(int(d) for d in x.shape)

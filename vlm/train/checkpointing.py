@@ -116,6 +116,10 @@ def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
       (np.ndarray, ocp.type_handlers.NumpyHandler()), (jax.Array, arrays), (str, ocp.type_handlers.StringHandler()))
 
 
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written; the run stops at once (see `Checkpointer.check`)."""
+
+
 class Checkpointer:
   """Saves and restores TrainStates (+ data positions) under one checkpoint directory."""
 
@@ -166,12 +170,33 @@ class Checkpointer:
     """Starts an async save (returns once the arrays are copied off the devices). False if `step` exists."""
     if step in self._mngr.all_steps():
       return False
-    return self._mngr.save(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeSave(state), data=DataStateSave(data_state if data_state is not None else {})),
-        force=True)
+    try:
+      return self._mngr.save(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeSave(state), data=DataStateSave(data_state if data_state is not None else {})),
+          force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e) from e
 
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    try:
+      self._mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e) from e
+
+  def check(self) -> None:
+    """Raises CheckpointSaveError as soon as a finished background save reports a failure (full disk, lost
+    bucket permissions), instead of at the next save."""
+    try:
+      self._mngr.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._save_failed(e) from e
+
+  def _save_failed(self, error: Exception) -> "CheckpointSaveError":
+    complete = list(self._mngr.all_steps())
+    return CheckpointSaveError(
+        f"Saving a checkpoint under {self.directory} failed: {type(error).__name__}: {error}. Training stopped; "
+        f"the last complete checkpoint is {'step ' + str(max(complete)) if complete else 'none'}. Free space or "
+        "fix the storage, then run the same command to resume.")
 
   def close(self) -> None:
     self._mngr.wait_until_finished()
@@ -218,7 +243,7 @@ class Checkpointer:
 
 
 def open_init_checkpoint(path: str) -> tuple[Checkpointer, int]:
-  """Opens `config.init_checkpoint` read-only: a workdir, its checkpoints/ dir, or one step directory."""
+  """Opens `config.init.path` read-only: a workdir, its checkpoints/ dir, or one step directory."""
   p = epath.Path(path)
   if (p / "state").exists() and p.name.isdigit():
     ckpt = Checkpointer(str(p.parent), keep=None, async_save=False, read_only=True)
@@ -228,5 +253,5 @@ def open_init_checkpoint(path: str) -> tuple[Checkpointer, int]:
   ckpt = Checkpointer(str(p), keep=None, async_save=False, read_only=True)
   step = ckpt.latest_step()
   if step is None:
-    raise FileNotFoundError(f"config.init_checkpoint={path!r} holds no checkpoint.")
+    raise FileNotFoundError(f"config.init.path={path!r} holds no checkpoint.")
   return ckpt, step

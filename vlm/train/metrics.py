@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import time
 from typing import Any, Mapping
 
@@ -47,8 +48,7 @@ class MetricLogger:
     if self._path is not None:
       line = json.dumps({"step": int(step), **scalars})
       if self._local:
-        with open(self._path, "a") as f:
-          f.write(line + "\n")
+        _append_line(str(self._path), line)
       else:
         self._records.append(line)
 
@@ -65,13 +65,40 @@ class MetricLogger:
     self._writer.close()
 
 
+def _append_line(path: str, line: str) -> None:
+  """Appends one line with a single O_APPEND write (whole or nothing on a local disk). A file whose last line was
+  torn by a crash or a full disk gets a newline first, so the torn line never swallows the new one."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    prefix = ""
+    if size:
+      with open(path, "rb") as f:
+        f.seek(size - 1)
+        prefix = "" if f.read(1) == b"\n" else "\n"
+    os.write(fd, (prefix + line + "\n").encode())
+  finally:
+    os.close(fd)
+
+
 def read_jsonl(path: str) -> dict[int, dict[str, Any]]:
-  """`{step: merged record}` from a metrics.jsonl; later records of a step win (resumed runs)."""
+  """`{step: merged record}` from a metrics.jsonl; later records of a step win (resumed runs).
+
+  A line that is not JSON (torn by a crash or a full disk) is skipped with a warning that counts them.
+  """
   out: dict[int, dict[str, Any]] = {}
+  torn = 0
   for line in epath.Path(path).read_text().splitlines():
-    if line.strip():
+    if not line.strip():
+      continue
+    try:
       record = json.loads(line)
-      out.setdefault(record["step"], {}).update(record)
+    except json.JSONDecodeError:
+      torn += 1
+      continue
+    out.setdefault(record["step"], {}).update(record)
+  if torn:
+    logging.warning("%s: skipped %d torn line(s) (a crash or a full disk while writing).", path, torn)
   return out
 
 

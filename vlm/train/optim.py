@@ -67,7 +67,7 @@ def make_schedule(lr: float, schedule_cfg: Mapping[str, Any] | None, total_steps
     cross 5e-5 at two thirds of training and then have to be clipped; the paper names both end points, so
     we make them the end points.) Unlike the half-period form, it decays slowly at first and fastest at the
     end. The released VATT code uses a stepwise-cosine over the levels (1e-4, 5e-5) with a 5k warmup
-    (reference/peers.md); we follow the paper, whose warmup (10k) the config sets.
+    (google-research/vatt, configs/experiment.py); we follow the paper, whose warmup (10k) the config sets.
 
   The floor is `end_lr` (absolute) or `alpha * lr` (relative, as optax's `alpha`); default 0.
 

@@ -5,7 +5,8 @@ from a checkpoint draws exactly the randomness (dropout, DropToken, random atten
 uninterrupted run would have.
 
 The step does not branch on non-finite values (that would need a host round trip per step); it reports
-`train/finite` and the trainer checks it one step behind the device, before anything is logged or saved.
+`train/finite/*` (loss, gradients, the new parameters and optimizer state) and the trainer checks them one step
+behind the device, before anything is logged or saved.
 """
 from __future__ import annotations
 
@@ -54,11 +55,25 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: Calla
         "train/param_norm": optax.tree.norm(params).astype(jnp.float32),
         "train/update_norm": optax.tree.norm(updates).astype(jnp.float32),
         "train/lr": jnp.asarray(schedule(state.step), jnp.float32),
-        "train/finite": (jnp.isfinite(loss) & jnp.isfinite(grad_norm)).astype(jnp.float32),
     })
+    # What the NaN guard reads (trainer._check_finite): the loss and gradients of this step's input AND the
+    # parameters and optimizer state the step produced, so a checkpoint of a state that passed is usable. A norm
+    # that overflows float32 counts as non-finite too: such a state cannot train on.
+    finite = {"loss": jnp.isfinite(loss), "gradients": jnp.isfinite(grad_norm),
+              "parameters": jnp.isfinite(out["train/param_norm"]),
+              "optimizer_state": _finite(opt_state)}
+    out.update({f"train/finite/{k}": v.astype(jnp.float32) for k, v in finite.items()})
     return new_state, out
 
   return train_step
+
+
+def _finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of `tree` is finite."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
+
+
 
 
 def jit_train_step(train_step: Callable, state_shardings: Any, batch_sharding: jax.sharding.Sharding,

@@ -8,38 +8,33 @@ in vlm/README.md, and reads top to bottom in the order a run happens:
   build_task           import the task module
   abstract_variables   shapes and shardings of the model variables (eval_shape, no FLOPs, no memory)
   build_state_spec     + optimizer: the abstract TrainState, its shardings and a sharded init function
-  restore_or_init      workdir checkpoint -> config.init_checkpoint (params only) -> from scratch
+  restore_or_init      workdir checkpoint -> config.init (params only) -> from scratch
   make_train_iterator  per-host data, resumed at the checkpointed position
   build_evaluators     one Evaluator per config.evals entry
   train_loop           jitted steps; logging, evals and checkpoints on their schedules
 
 Config fields read here (defaults in brackets):
   seed [0]; total_steps (required for training); log_every_steps [50]; checkpoint_every_steps [1000];
-  keep_checkpoints [3]; init_checkpoint [None]; mesh [(('data', -1), ('fsdp', 1), ('tensor', 1))];
+  keep_checkpoints [3]; init (vlm/train/init.py); mesh [(('data', -1), ('fsdp', 1), ('tensor', 1))];
   sharding ['dp']; sharding_rules [None: extra (logical, mesh_axis) rules tried before the preset];
   task.name; input.batch_size (global); input.data.name; optim (see optim.py);
   evals.<key>.type, evals.<key>.every_steps [None: only at the end].
 
 Data hook: when `config.input.data.name` is dotted (e.g. 'tests.toy_task') and that module defines
-`make_train_iterator`, it is used instead of `vlm.data.pipeline.make_train_iterator`, with the same
-signature. Otherwise the data layer resolves the name itself.
+`make_train_iterator`, it is used instead of the data layer's, with the same signature.
 
-Init-checkpoint hook: when the params of `config.init_checkpoint` do not match the model (fine-tuning at a
-new resolution, a new head), a task may define `adapt_init_params(loaded, init_params) -> params`:
-`loaded` is the saved params as host numpy arrays, `init_params` the freshly initialised (sharded) params;
-it returns a tree shaped like `init_params`. Without the hook a mismatch is an error naming the paths. When
-`config.init_checkpoint` is a single file (an external model's weights, e.g. an image ViT .npz / .safetensors),
-the task's `init_params_from_file(path, init_params) -> params` reads it.
-
-Pretrained-weights hook: a run with neither may still start from weights its model config names (SViTT's image
-BEiT and BERT): the task's `init_params_from_pretrained(init_params) -> params | None` (None: nothing named).
+Initialisation: a run with no checkpoint in its workdir starts from `config.init` (vlm/train/init.py: a checkpoint
+or weights file, an assignment map, the family's `load`), else from scratch.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import os
+import signal
+import threading
 from typing import Any, Callable, Iterator
 
 from absl import logging
@@ -55,7 +50,10 @@ import optax
 from vlm.parallel import mesh as mesh_lib
 from vlm.parallel import multihost
 from vlm.parallel import partitioning
+from vlm import protocols
 from vlm.train import checkpointing
+from vlm.train import init as init_lib
+from vlm.train import lock as lock_lib
 from vlm.train import metrics as metrics_lib
 from vlm.train import optim
 from vlm.train import state as state_lib
@@ -91,8 +89,11 @@ def setup_mesh(config: ConfigDict) -> Setup:
   return Setup(mesh=mesh, rules=rules, batch_sharding=partitioning.batch_sharding(mesh))
 
 
-def build_task(config: ConfigDict) -> Any:
-  return _import(config.task.name, "tasks").Task(config)
+def build_task(config: ConfigDict) -> protocols.Task:
+  """`vlm.tasks.<config.task.name>.Task(config)`, checked against the task protocol (vlm/protocols.py)."""
+  task = _import(config.task.name, "tasks").Task(config)
+  protocols.require(task, protocols.Task, f"config.task.name={config.task.name!r}")
+  return task
 
 
 # ================================================================================================== state
@@ -109,10 +110,12 @@ class VariablesSpec:
 def abstract_variables(config: ConfigDict, task: Any, setup: Setup) -> VariablesSpec:
   """eval_shape(init) -> logical specs -> NamedShardings. Nothing is allocated or compiled.
 
-  The init batch has one example per batch shard (its values do not matter, only shapes), placed with the
-  batch sharding, so activation constraints inside `init` see a batch the mesh divides.
+  The init batch has one example per batch shard, and at least two (objectives that pair examples, such as
+  VTM's in-batch negatives, need a second one), placed with the batch sharding, so activation constraints inside
+  `init` see a batch the mesh divides. Its values do not matter, only shapes.
   """
-  n = mesh_lib.num_batch_shards(setup.mesh)
+  shards = mesh_lib.num_batch_shards(setup.mesh)
+  n = shards * -(-2 // shards)
   dummy = {k: multihost.global_array_from_full(v, setup.batch_sharding)
            for k, v in task.dummy_batch(n).items() if np.asarray(v).dtype.kind in "biuf"}
   with setup.context():
@@ -182,7 +185,7 @@ def log_parameter_overview(params: Any, shardings: Any) -> None:
 # ================================================================================================ restore
 def restore_or_init(config: ConfigDict, task: Any, spec: StateSpec, ckpt: checkpointing.Checkpointer
                     ) -> tuple[state_lib.TrainState, Any]:
-  """Resume order: a checkpoint in the workdir, then config.init_checkpoint (params only), then scratch.
+  """Resume order: a checkpoint in the workdir, then `config.init` (params only; vlm/train/init.py), then scratch.
 
   Returns:
     (state, data_state): data_state is the saved iterator position of this process, or None.
@@ -193,44 +196,12 @@ def restore_or_init(config: ConfigDict, task: Any, spec: StateSpec, ckpt: checkp
     logging.info("Resuming from %s/%d.", ckpt.directory, step)
     return ckpt.restore(step, spec.abstract)
   state = spec.init()
-  init_path = config.get("init_checkpoint")
-  if init_path:
-    params = load_init_params(init_path, task, state.params, spec)
+  params = init_lib.initialize(config, task.model, state.params, spec.abstract.params, spec.shardings.params)
+  if params is None:
+    logging.info("No checkpoint in the workdir and nothing under config.init: training from scratch.")
+  else:
     state = state.replace(params=params)
-  else:
-    params = task.init_params_from_pretrained(state.params) if hasattr(task, "init_params_from_pretrained") else None
-    if params is None:
-      logging.info("No checkpoint in the workdir and no config.init_checkpoint: training from scratch.")
-    else:
-      state = state.replace(params=jax.device_put(params, spec.shardings.params))
   return state, None
-
-
-def load_init_params(path: str, task: Any, init_params: Any, spec: StateSpec) -> Any:
-  """Params from `config.init_checkpoint`, restored straight into their shardings when the trees match.
-
-  A single file (not a checkpoint directory) holds an external model's weights, e.g. an image ViT: the task reads
-  it with its `init_params_from_file(path, init_params)` hook.
-  """
-  if os.path.isfile(path):
-    if not hasattr(task, "init_params_from_file"):
-      raise ValueError(f"config.init_checkpoint={path!r} is a file; the {type(task).__name__} task reads only "
-                       "checkpoint directories (it has no init_params_from_file hook).")
-    logging.info("Initialising params from the file %s.", path)
-    return jax.device_put(task.init_params_from_file(path, init_params), spec.shardings.params)
-  source, step = checkpointing.open_init_checkpoint(path)
-  mismatch = checkpointing.describe_mismatch(source.saved_tree(step)["params"], spec.abstract.params, "params")
-  logging.info("Initialising params from %s/%d.", source.directory, step)
-  if not mismatch:
-    params, _ = source.restore_variables(step, spec.abstract.params)
-  elif hasattr(task, "adapt_init_params"):
-    loaded = source.restore_params_as_numpy(step)
-    params = jax.device_put(task.adapt_init_params(loaded, init_params), spec.shardings.params)
-  else:
-    raise ValueError(f"config.init_checkpoint={path!r} does not match the model, and the task has no "
-                     "adapt_init_params hook:\n" + "\n".join(mismatch))
-  source.close()
-  return params
 
 
 # =================================================================================================== data
@@ -244,8 +215,8 @@ def make_train_iterator(config: ConfigDict, data_state: Any) -> Any:
     except ImportError:
       make = None
   if make is None:
-    from vlm.data import pipeline  # pylint: disable=g-import-not-at-top
-    make = pipeline.make_train_iterator
+    from vlm.data import inputs  # pylint: disable=g-import-not-at-top
+    make = inputs.make_train_iterator
   return make(config, process_index=jax.process_index(), process_count=jax.process_count(),
               state=data_state)
 
@@ -305,14 +276,60 @@ class _Window:
 
 
 def _check_finite(step: int, metrics: dict[str, float], ckpt: checkpointing.Checkpointer) -> None:
-  if metrics["train/finite"] > 0:  # loss and global gradient norm are finite
+  """Stops the run when the step's loss, gradients, new parameters or optimizer state are not finite.
+
+  The state that step produced is never saved (this runs before any save of it), so every checkpoint holds
+  finite parameters and the last one is a good place to resume from with a smaller learning rate.
+  """
+  failed = [name.replace("_", " ") for name in ("loss", "gradients", "parameters", "optimizer_state")
+            if metrics.get(f"train/finite/{name}", 1.0) <= 0]
+  if not failed:
     return
-  ckpt.wait()  # the last good checkpoint finishes writing; the bad state is never saved
+  ckpt.wait()  # the last good checkpoint finishes writing
   last = ckpt.latest_step()
   raise FloatingPointError(
-      f"Non-finite loss or gradients at step {step} (loss={metrics.get('train/loss')}, "
-      f"grad_norm={metrics.get('train/grad_norm')}). Training stopped without saving; the last checkpoint "
-      f"({'step ' + str(last) if last is not None else 'none'}) is intact.")
+      f"Non-finite {' and '.join(failed)} at step {step} (loss={metrics.get('train/loss')}, "
+      f"grad_norm={metrics.get('train/grad_norm')}, param_norm={metrics.get('train/param_norm')}). Training "
+      f"stopped without saving it; the last checkpoint "
+      f"({'step ' + str(last) + ', finite parameters' if last is not None else 'none'}) is intact.")
+
+
+class Interrupted(RuntimeError):
+  """The run stopped early on a signal or a preemption notice, after saving a checkpoint of its last step.
+
+  `vlm.main` exits with `EXIT_INTERRUPTED`; rerunning the same command resumes there.
+  """
+  EXIT_CODE = 75  # EX_TEMPFAIL: try again
+
+
+class _SignalStop:
+  """SIGTERM / SIGINT in a single-process run: the first asks the loop to save and stop after the current step,
+  a second one exits at once. Multi-process runs use JAX's preemption notice instead (`reached_preemption`),
+  which every process sees at the same step."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.received is not None:
+      logging.warning("Second signal %d: exiting now without a checkpoint.", signum)
+      os._exit(128 + signum)  # pylint: disable=protected-access
+    self.received = signum
+    logging.warning("Signal %d: saving a checkpoint after the current step, then stopping (send it again to "
+                    "exit at once).", signum)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    return False
 
 
 def train_loop(config: ConfigDict, *, setup: Setup, state: state_lib.TrainState, train_step: Callable,
@@ -346,39 +363,44 @@ def train_loop(config: ConfigDict, *, setup: Setup, state: state_lib.TrainState,
 
   first_step = step + 1
   batch, position = next(batches)
-  while step < stop_step:
-    with setup.context():
-      state, device_metrics = train_step(state, batch)
-    step += 1
-    step_position = position
-    if step < stop_step:
-      batch, position = next(batches)  # host work overlaps the queued step
-    consume()
-    pending = (step, device_metrics)
-
-    due_evals = [k for k, (_, every) in evaluators.items()
-                 if (every and step % every == 0) or step == total_steps]
-    preempted = ckpt.reached_preemption(step)
-    do_log = step % log_every == 0 or step == stop_step
-    do_save = step % ckpt_every == 0 or step == stop_step or preempted
-    if do_log or do_save or due_evals:
+  with _SignalStop() as stop:
+    while step < stop_step:
+      with setup.context():
+        state, device_metrics = train_step(state, batch)
+      step += 1
+      step_position = position
+      if step < stop_step:
+        batch, position = next(batches)  # host work overlaps the queued step
       consume()
-    if do_log:
-      scalars = window.pop()
-      scalars.pop("train/finite", None)
-      scalars.update(progress.report(step))
-      for key, count in (getattr(data_iter, "skipped", None) or {}).items():
-        scalars[f"data/skipped/{key}"] = count
-      logger.write_scalars(step, scalars)
-      logger.flush()
-      last_logged = scalars
-    if do_save:
-      ckpt.save(step, state, step_position)
-    if due_evals:
-      last_logged = {**last_logged, **run_evaluators(evaluators, due_evals, state, step, setup, logger)}
-    if preempted:
-      logging.warning("Preemption notice at step %d: checkpoint saved, exiting.", step)
-      break
+      pending = (step, device_metrics)
+      ckpt.check()  # a background save that failed stops the run now, naming the cause
+
+      due_evals = [k for k, (_, every) in evaluators.items()
+                   if (every and step % every == 0) or step == total_steps]
+      preempted = ckpt.reached_preemption(step) or stop.received is not None
+      do_log = step % log_every == 0 or step == stop_step
+      do_save = step % ckpt_every == 0 or step == stop_step or preempted
+      if do_log or do_save or due_evals:
+        consume()
+      if do_log:
+        scalars = window.pop()
+        scalars = {k: v for k, v in scalars.items() if not k.startswith("train/finite/")}
+        scalars.update(progress.report(step))
+        for key, count in (getattr(data_iter, "skipped", None) or {}).items():
+          scalars[f"data/skipped/{key}"] = count
+        logger.write_scalars(step, scalars)
+        logger.flush()
+        last_logged = scalars
+      if do_save:
+        ckpt.save(step, state, step_position)
+      if due_evals:
+        last_logged = {**last_logged, **run_evaluators(evaluators, due_evals, state, step, setup, logger)}
+      if preempted:
+        consume()
+        ckpt.wait()
+        reason = f"signal {stop.received}" if stop.received is not None else "a preemption notice"
+        raise Interrupted(f"Stopped by {reason} at step {step} of {total_steps}; checkpoint {step} saved. Run the "
+                          "same command again to resume.")
   consume()
   return state, last_logged
 
@@ -407,46 +429,55 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
     The last logged train metrics and eval metrics.
   """
   total_steps = int(config.total_steps)
+  keep = config.get("keep_checkpoints", 3)
+  if keep is not None and int(keep) < 1:
+    raise ValueError(f"config.keep_checkpoints={keep}: keep at least 1 (the last checkpoint is the run's result; "
+                     "0 would delete it).")
   setup = setup_mesh(config)
   per_host = multihost.check_batch_size(config.input.batch_size, mesh_lib.num_batch_shards(setup.mesh),
                                         jax.process_count())
   task = build_task(config)
-  logger = _workdir_setup(config, workdir, "config.json")
-  logger.write_hparams(metrics_lib.flatten_config(config))
+  lock = lock_lib.WorkdirLock(workdir) if multihost.is_main_process() else contextlib.nullcontext()
+  with lock:
+    multihost.sync("workdir_locked")
+    logger = _workdir_setup(config, workdir, "config.json")
+    ckpt = None
+    try:
+      logger.write_hparams(metrics_lib.flatten_config(config))
+      spec = build_state_spec(config, task, setup, total_steps)
+      ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR), keep=keep)
+      state, data_state = restore_or_init(config, task, spec, ckpt)
+      log_parameter_overview(state.params, spec.shardings.params)
+      start_step = int(jax.device_get(state.step))
 
-  spec = build_state_spec(config, task, setup, total_steps)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
-                                    keep=config.get("keep_checkpoints", 3))
-  state, data_state = restore_or_init(config, task, spec, ckpt)
-  log_parameter_overview(state.params, spec.shardings.params)
-  start_step = int(jax.device_get(state.step))
+      data_iter = make_train_iterator(config, data_state)
+      batches = _batches(data_iter, setup.batch_sharding, per_host)
+      evaluators = build_evaluators(config, task, setup)
+      train_step = step_lib.jit_train_step(
+          step_lib.make_train_step(task, spec.tx, spec.schedule, config.get("seed", 0)),
+          spec.shardings, setup.batch_sharding, setup.mesh)
 
-  data_iter = make_train_iterator(config, data_state)
-  batches = _batches(data_iter, setup.batch_sharding, per_host)
-  evaluators = build_evaluators(config, task, setup)
-  train_step = step_lib.jit_train_step(
-      step_lib.make_train_step(task, spec.tx, spec.schedule, config.get("seed", 0)),
-      spec.shardings, setup.batch_sharding, setup.mesh)
-
-  stop_step = min(total_steps, stop_after_steps if stop_after_steps is not None else total_steps)
-  results = {}
-  if start_step < stop_step:
-    state, results = train_loop(config, setup=setup, state=state, train_step=train_step, batches=batches,
-                                data_iter=data_iter, ckpt=ckpt, logger=logger, evaluators=evaluators,
-                                total_steps=total_steps, stop_step=stop_step)
-  elif start_step >= total_steps and evaluators:
-    logging.info("Checkpoint at step %d already reached total_steps=%d; running the evaluators.",
-                 start_step, total_steps)
-    results = run_evaluators(evaluators, list(evaluators), state, start_step, setup, logger)
-  ckpt.close()
-  logger.close()
-  multihost.sync("train_and_evaluate_done")
+      stop_step = min(total_steps, stop_after_steps if stop_after_steps is not None else total_steps)
+      results = {}
+      if start_step < stop_step:
+        state, results = train_loop(config, setup=setup, state=state, train_step=train_step, batches=batches,
+                                    data_iter=data_iter, ckpt=ckpt, logger=logger, evaluators=evaluators,
+                                    total_steps=total_steps, stop_step=stop_step)
+      elif start_step >= total_steps and evaluators:
+        logging.info("Checkpoint at step %d already reached total_steps=%d; running the evaluators.",
+                     start_step, total_steps)
+        results = run_evaluators(evaluators, list(evaluators), state, start_step, setup, logger)
+    finally:
+      if ckpt is not None:
+        ckpt.close()
+      logger.close()
+    multihost.sync("train_and_evaluate_done")
   return results
 
 
 def load_variables(config: ConfigDict, workdir: str, setup: Setup | None = None, task: Any = None
                    ) -> tuple[Any, Setup, state_lib.TrainState]:
-  """Restores params and model state of the latest checkpoint in `workdir` (else config.init_checkpoint).
+  """Restores params and model state of the latest checkpoint in `workdir` (else config.init.path).
 
   Returns:
     (task, setup, state) where `state.variables()` is what the task's prediction functions take; the
@@ -462,9 +493,9 @@ def load_variables(config: ConfigDict, workdir: str, setup: Setup | None = None,
 
   directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
   source = directory if (epath.Path(directory).exists() and any(
-      p.name.isdigit() for p in epath.Path(directory).iterdir())) else config.get("init_checkpoint")
+      p.name.isdigit() for p in epath.Path(directory).iterdir())) else (config.get("init") or {}).get("path")
   if not source:
-    raise FileNotFoundError(f"No checkpoint in {directory} and no config.init_checkpoint.")
+    raise FileNotFoundError(f"No checkpoint in {directory} and no config.init.path.")
   ckpt, step = checkpointing.open_init_checkpoint(source)
   plain = state_lib.TrainState(step=None, params=abstract_params, opt_state=None,
                                model_state=abstract_model_state)
@@ -477,7 +508,7 @@ def load_variables(config: ConfigDict, workdir: str, setup: Setup | None = None,
 
 
 def evaluate(config: ConfigDict, workdir: str) -> dict[str, float]:
-  """Restores the latest checkpoint of `workdir` (else config.init_checkpoint) and runs every evaluator."""
+  """Restores the latest checkpoint of `workdir` (else config.init.path) and runs every evaluator."""
   setup = setup_mesh(config)
   logger = _workdir_setup(config, workdir, "config_eval.json")  # keeps the training config.json
   task, setup, state = load_variables(config, workdir, setup)

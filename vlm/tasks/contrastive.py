@@ -19,7 +19,7 @@ config.model (-> vlm.models.vatt.Model):
   spectrogram_patch_size [(16, 5)]: (frames, mel bins) per audio token.
   video_pos_buckets [None -> (num_frames // t, crop_size // h, crop_size // w) of config.input, (8, 14, 14)
     for 32x224x224]: keep the pre-training buckets when fine-tuning at another size; the tables are then
-    resampled on the fly (VATT appendix B.5, DESIGN decision 1).
+    resampled on the fly (VATT appendix B.5; docs/design.md).
   audio_pos_buckets [None -> (samples // audio_patch_size,), 1200 for 3.2 s at 48 kHz; spectrogram:
     (spectrogram_frames // 16, num_mel_bins // 5)].
   text_posemb ['relative']: 'relative' (T5 relative bias, as released) or 'learned' (absolute table).
@@ -36,7 +36,7 @@ config.model (-> vlm.models.vatt.Model):
   resize_method ['spline']: positional-table resampling, 'spline' (as released) or 'cubic'.
   attention ['dense']; remat [False]; scan [False]; dtype ['float32'] (computation dtype, e.g. 'bfloat16').
 config.task:
-  name ['vatt_pretrain'].
+  name ['contrastive'].
   va_weight [1.0]: weight of the video-audio NCE; vt_weight [1.0]: weight of the video-text MIL-NCE.
   temperature [0.07].
   directions ['joint']: 'joint' (as released) or 'separate' (see vlm/losses/contrastive.py).
@@ -53,7 +53,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -65,84 +64,13 @@ from vlm.nn import droptoken as droptoken_lib
 from vlm.nn import posemb as posemb_lib
 
 
-def _tuple(x) -> tuple[int, ...]:
-  return tuple(int(v) for v in x)
-
-
-def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """Per-example shapes of the batch keys from config.input / config.model (see module docstring)."""
-  inp = config.get("input") or ml_collections.ConfigDict()
-  frames = int(inp.get("num_frames", 32))
-  crop = int(inp.get("crop_size", 224))
-  fps = inp.get("fps", 10.0)
-  seconds = frames / float(fps) if fps else None
-  shapes = {"video": (frames, crop, crop, 3), "audio_mask": (),
-            "text": (int(inp.get("num_captions", 1)), int(inp.get("max_text_len", 16)))}
-  if config.model.get("spectrogram", False):
-    t = int(inp.get("spectrogram_frames", 0) or 0)
-    if not t and seconds:
-      t = int(round(seconds / 0.021))  # 21 ms hop (VATT appendix D)
-    shapes["audio"] = (t, int(inp.get("num_mel_bins", 80)))
-  else:
-    t = int(inp.get("audio_samples", 0) or 0)
-    if not t and seconds:
-      t = int(round(seconds * int(inp.get("audio_sample_rate", 48_000))))
-    shapes["audio"] = (t,)
-  if not t:
-    raise ValueError("Cannot size the audio: set config.input.fps (clip length = num_frames / fps), or "
-                     "config.input.audio_samples / spectrogram_frames.")
-  shapes["text_mask"] = shapes["text"]
-  return shapes
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """vatt.Model keyword arguments from config.model, with positional buckets derived from config.input."""
-  m = config.model
-  variant = str(m.get("variant", "BBS"))
-  if m.get("modality_agnostic", False) and not variant.upper().startswith("MA"):
-    if len(variant) != 1:
-      raise ValueError(f"model.modality_agnostic=True needs a one-letter size or an 'MA' variant, got {variant!r}.")
-    variant = f"MA-{variant}"
-  shapes = input_shapes(config)
-  video_patch = _tuple(m.get("video_patch_size", (4, 16, 16)))
-  audio_patch = int(m.get("audio_patch_size", 128))
-  spec_patch = _tuple(m.get("spectrogram_patch_size", (16, 5)))
-  spectrogram = bool(m.get("spectrogram", False))
-  video_buckets = m.get("video_pos_buckets", None)
-  if video_buckets is None:
-    video_buckets = tuple(s // p for s, p in zip(shapes["video"][:3], video_patch))
-  audio_buckets = m.get("audio_pos_buckets", None)
-  if audio_buckets is None:
-    audio_buckets = (tuple(s // p for s, p in zip(shapes["audio"], spec_patch)) if spectrogram
-                     else (shapes["audio"][0] // audio_patch,))
-  return dict(
-      variant=variant, tiny=bool(m.get("tiny", False)), video_patch_size=video_patch,
-      audio_patch_size=audio_patch, spectrogram=spectrogram, spectrogram_patch_size=spec_patch,
-      video_pos_buckets=_tuple(video_buckets), audio_pos_buckets=_tuple(audio_buckets),
-      text_pos_buckets=int(m.get("text_pos_buckets", 16)), text_posemb=str(m.get("text_posemb", "relative")),
-      relative_position_buckets=int(m.get("relative_position_buckets", 32)),
-      relative_max_distance=int(m.get("relative_max_distance", 64)),
-      vocab_size=int(m.get("text_vocab_size", 2 ** 16)), word_dim=int(m.get("text_embed_dim", 300)),
-      trainable_embeddings=bool(m.get("trainable_embeddings", False)),
-      droptoken_rate=float(m.get("droptoken_rate", 0.5)),
-      droptoken_per_sample=bool(m.get("droptoken_per_sample", False)),
-      dropout_rate=float(m.get("dropout_rate", 0.1)),
-      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
-      va_dim=int(m.get("va_dim", 512)), vat_dim=int(m.get("vat_dim", 256)),
-      post_projection_dim=int(m.get("post_projection_dim", 1024)),
-      bn_momentum=float(m.get("bn_momentum", 0.9)), bn_epsilon=float(m.get("bn_epsilon", 1e-5)),
-      resize_method=str(m.get("resize_method", "spline")), attention=str(m.get("attention", "dense")),
-      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)),
-      dtype=jnp.dtype(m.get("dtype", "float32")))
-
-
 class Task:
   """VATT NCE + MIL-NCE pre-training (task protocol of vlm/README.md)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.model = vatt.Model(**model_kwargs(config))
-    self.shapes = input_shapes(config)
+    self.model = vatt.Model(**vatt.model_kwargs(config))
+    self.shapes = vatt.input_shapes(config)
     task = config.get("task") or ml_collections.ConfigDict()
     self.weights = {"va_nce": float(task.get("va_weight", 1.0)), "vt_milnce": float(task.get("vt_weight", 1.0))}
     self.temperature = float(task.get("temperature", 0.07))
@@ -224,7 +152,7 @@ class Task:
     Video and audio are counted on the input grid and after DropToken (training); text is `max_text_len` per
     caption, times K candidate captions.
     """
-    kw = model_kwargs(self.config)
+    kw = vatt.model_kwargs(self.config)
     video = int(np.prod([s // p for s, p in zip(self.shapes["video"][:3], kw["video_patch_size"])]))
     patch = kw["spectrogram_patch_size"] if kw["spectrogram"] else (kw["audio_patch_size"],)
     audio = int(np.prod([s // p for s, p in zip(self.shapes["audio"], patch)]))
@@ -239,32 +167,6 @@ class Task:
   def bench_objectives(self) -> dict[str, Any]:
     """Partial objectives for `python -m vlm.tools.bench --objective=NAME` (see _VideoTowerObjective)."""
     return {"video_tower": _VideoTowerObjective(self)}
-
-  # -------------------------------------------------------------------------------------------- checkpoints
-  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
-    """Init-checkpoint hook: copies matching params and resamples positional tables whose bucket count differs.
-
-    Positional tables (`*_embedding` under a `posemb` scope) are resampled with the tower's resize method, as
-    the release's `restore.py:interpolate_pos` does; any other missing or mismatched parameter is an error.
-    """
-    flat_init = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
-    flat_loaded = flax.traverse_util.flatten_dict(flax.core.meta.unbox(loaded), sep="/")
-    out, problems = {}, []
-    for path, target in flat_init.items():
-      src = flat_loaded.get(path)
-      if src is None:
-        problems.append(f"{path}: not in the checkpoint")
-      elif tuple(src.shape) == tuple(target.shape):
-        out[path] = jnp.asarray(src, target.dtype)
-      elif "/posemb/" in f"/{path}" and path.endswith("_embedding") and src.shape[1:] == target.shape[1:]:
-        out[path] = posemb_lib.resize_table(jnp.asarray(src, target.dtype), target.shape[0],
-                                            method=self.model.resize_method)
-      else:
-        problems.append(f"{path}: checkpoint {tuple(src.shape)} vs model {tuple(target.shape)}")
-    if problems:
-      raise ValueError("Checkpoint does not fit the VATT model:\n  " + "\n  ".join(problems))
-    return flax.traverse_util.unflatten_dict(out, sep="/")
-
 
 
 class _VideoTowerObjective:

@@ -6,11 +6,11 @@ with teacher forcing to generate the answer ([CLS] answer [SEP], 5 tokens): the 
 Evaluation ranks a closed answer list by the decoder's log-likelihood of each candidate (`answer_scores`), as
 Singularity ranks its answer list (it scores the 128 best first tokens fully; here every candidate is scored).
 
-Starting from a pre-training checkpoint (`init_checkpoint`), the decoder starts from the multimodal layers, its
-embeddings from the text encoder's and its head from the MLM head (`svitt_pretrain.Task.adapt_init_params`).
+Starting from a pre-training checkpoint (`config.init.path`), the decoder starts from the multimodal layers, its
+embeddings from the text encoder's and its head from the MLM head (`vlm.models.svitt.load`).
 
-Config: as vlm/tasks/svitt_pretrain.py for the model (plus `model.decoder_layers`), and
-  config.task: name ['svitt_qa'].
+Config: as vlm/tasks/matching.py for the model (plus `model.decoder_layers`), and
+  config.task: name ['answer_decoding'].
   config.input: num_frames, crop_size, max_question_len [25], max_answer_len [5].
 Batches: video [B, T, H, W, 3]; question / question_mask [B, Lq]; answer / answer_mask [B, La].
 Metrics: loss (mean next-token cross-entropy over answer tokens), token_accuracy.
@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from vlm.models import svitt
-from vlm.tasks import svitt_pretrain
+from vlm.tasks import matching
 
 
 def sequence_log_likelihood(logits: jax.Array, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -44,7 +44,7 @@ def sequence_log_likelihood(logits: jax.Array, ids: jax.Array, mask: jax.Array) 
   return token_logp, mask[:, 1:].astype(jnp.float32)
 
 
-class Task(svitt_pretrain.Task):
+class Task(matching.Task):
   """SViTT QA fine-tuning (task protocol of vlm/README.md)."""
 
   def __init__(self, config: ml_collections.ConfigDict):

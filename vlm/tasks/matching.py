@@ -1,7 +1,8 @@
 """SViTT pre-training: VTC + VTM (hard negatives) + MLM, equal weights (SViTT supplement A.3, equations 12-15).
 
-  VTC  InfoNCE between the L2-normalised video and text features in both directions (eqs. 12-13), negatives from
-       the whole (global) batch, learned temperature (init 0.07, clamped to [0.001, 0.5] as released).
+  VTC  InfoNCE between the L2-normalised video and text features in both directions (eqs. 12-13), the two
+       directions averaged as released, negatives from the whole (global) batch, learned temperature (init
+       0.07, clamped to [0.001, 0.5] as released).
   VTM  the multimodal encoder on the B matched pairs, each text with a negative video and each video with a
        negative text (drawn by softmax of the VTC similarity: hard negatives as released; uniform with
        `hard_negatives=False`, eq. 14 as written); 2-way cross-entropy on f_m's [CLS] (vlm/losses/matching.py).
@@ -28,14 +29,12 @@ config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
   absolute_positions [False]: BEiT-B/16 (pt22k-ft22k) uses relative biases only.
   drop_path_rate [0.1]; dropout_rate [0.1]; attention_dropout_rate [0.1] (BERT).
   embed_dim [256]; decoder_layers [0] (the QA task sets 3).
-  expand_frames_from [None]: frames of `init_checkpoint` when it differs from input.num_frames (temporal
-    expansion: relative tables by nearest temporal offset, eq. 7; absolute tables by nearest frame). Without it
-    a checkpoint with another frame count is an error.
-  init_beit / init_bert [None]: HF BEiT / BERT .safetensors files (config.json beside) that a run from scratch
-    starts from (`init_params_from_pretrained`).
   dtype ['float32'].
+config.init (vlm/train/init.py; SViTT's options in vlm/models/svitt.py `load`): options.frames_from (temporal
+  expansion of a checkpoint with another frame count), options.beit / options.bert (HF weights for a run from
+  scratch).
 config.task:
-  name ['svitt_pretrain']; vtc_weight / vtm_weight / mlm_weight [1.0]; temperature [0.07];
+  name ['matching']; vtc_weight / vtm_weight / mlm_weight [1.0]; temperature [0.07];
   learn_temperature [True]; hard_negatives [True]; mlm_probability [0.5 as released; BERT uses 0.15];
   mask_id [103] / special_ids [(0, 100, 101, 102, 103)] / first_regular_id [999]: BERT-base-uncased's [MASK],
   specials and first ordinary WordPiece (tiny: 4, (0, 1, 2, 3, 4), 5 for the built-in vocabulary).
@@ -49,8 +48,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from absl import logging
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -59,13 +56,9 @@ import numpy as np
 from vlm.losses import contrastive
 from vlm.losses import matching
 from vlm.losses import mlm as mlm_lib
-from vlm.models import beit
-from vlm.models import bert
-from vlm.models import hf_weights
 from vlm.models import svitt
 from vlm.nn import block_sparse
 from vlm.nn import token_pruning
-from vlm.nn import video_positions
 
 SIZES = {
     "base": dict(vision=dict(num_layers=12, hidden_size=768, mlp_dim=3072, num_heads=12, patch_size=16),
@@ -194,7 +187,8 @@ class Task:
       hidden, text_feat = model.encode_text(text, mask, train=train)
       v = contrastive.l2_normalize(video_feat.astype(jnp.float32))
       t = contrastive.l2_normalize(text_feat.astype(jnp.float32))
-      vtc, vtc_x = contrastive.nce_loss(anchors=t, positives=v, temperature=temp, directions="separate",
+      # The mean of the two directions, as released (docs/design.md, SViTT: VTC).
+      vtc, vtc_x = contrastive.nce_loss(anchors=t, positives=v, temperature=temp, directions="average",
                                         normalize=False)
       # VTM: B matched pairs, B (text, negative video), B (negative text, video).
       b = video.shape[0]
@@ -272,132 +266,3 @@ class Task:
         text_len=self.text_len, local_blocks=kl, random_blocks=kr, block_size=g, visual_keep=v["keep_rate"],
         visual_prune_after=v["prune_after"], multimodal_keep=k["fusion_keep_rate"],
         multimodal_prune_after=k["fusion_prune_after"])
-
-  # ------------------------------------------------------------------------------------------ checkpoints
-  def adapt_init_params(self, loaded: Any, init_params: Any) -> Any:
-    """Init-checkpoint hook: temporal expansion (T1 -> T2 frames) and the QA decoder from f_m.
-
-    * `relative_position_bias_table` / `pos_embedding` of another frame count: expanded when
-      `model.expand_frames_from` names the checkpoint's frames (eqs. 7, 10-11); otherwise an error.
-    * `answer_decoder` / `answer_head` absent from the checkpoint (pre-training -> QA): the decoder's layers start
-      from the multimodal encoder's, its embeddings from the text encoder's, its head from the MLM head
-      (the release initialises the decoder from BERT's upper layers).
-    Any other missing or mismatched parameter is an error naming it.
-    """
-    flat_init = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
-    flat_loaded = flax.traverse_util.flatten_dict(flax.core.meta.unbox(loaded), sep="/")
-    expand_from = self.config.model.get("expand_frames_from", None)
-    side = self.crop // self.kwargs["vision"]["patch_size"]
-    out, problems = {}, []
-    for path, target in flat_init.items():
-      src_path = path
-      if path not in flat_loaded and path.startswith(("answer_decoder/", "answer_head/")):
-        src_path = _decoder_source(path, flat_loaded)
-      src = flat_loaded.get(src_path)
-      if src is None:
-        problems.append(f"{path}: not in the checkpoint")
-        continue
-      src = np.asarray(src)
-      if src.shape == tuple(target.shape):
-        out[path] = jnp.asarray(src, target.dtype)
-        continue
-      if path.endswith(("relative_position_bias_table", "pos_embedding")):
-        if expand_from is None:
-          problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}: the checkpoint has "
-                          "another number of frames; set model.expand_frames_from to its frame count to expand it")
-          continue
-        if path.endswith("relative_position_bias_table"):
-          new = video_positions.expand_relative(src, (int(expand_from), side, side), self.frames)
-        else:
-          new = video_positions.expand_absolute(src[0], int(expand_from), self.frames)[None]
-        if new.shape != tuple(target.shape):
-          problems.append(f"{path}: expanded {new.shape} vs model {tuple(target.shape)}")
-          continue
-        out[path] = jnp.asarray(new, target.dtype)
-        continue
-      problems.append(f"{path}: checkpoint {src.shape} vs model {tuple(target.shape)}")
-    if problems:
-      raise ValueError("Checkpoint does not fit the SViTT model:\n  " + "\n  ".join(problems))
-    return flax.traverse_util.unflatten_dict(out, sep="/")
-
-  # ------------------------------------------------------------------------------------ pretrained weights
-  def init_params_from_pretrained(self, init_params: Any) -> Any | None:
-    """Pretrained-weights hook (vlm/train/trainer.py), for a run that starts from scratch: SViTT starts from
-    image BEiT and BERT (A.1). None when neither `model.init_beit` nor `model.init_bert` is set.
-
-    * `model.init_beit`: an HF `BeitModel` .safetensors (config.json beside it): the video encoder, its 2-D
-      relative tables inflated to 3-D (eqs. 8-11) and an absolute table, if any, to every frame (eqs. 4-7).
-    * `model.init_bert`: an HF `BertModel` / `BertForMaskedLM` .safetensors: layers 0..L_t-1 into f_t, the next
-      L_m into f_m (whose cross-attention stays fresh: BERT has none), and BERT's MLM head when present.
-    Everything else (projections, VTM head, cross-attention, temperature) keeps its fresh initialisation; a
-    weight whose name or shape does not fit the model is an error naming it.
-    """
-    beit_path, bert_path = self.config.model.get("init_beit", None), self.config.model.get("init_bert", None)
-    if not beit_path and not bert_path:
-      return None
-    params = flax.traverse_util.flatten_dict(flax.core.meta.unbox(init_params), sep="/")
-    loaded: dict[str, np.ndarray] = {}
-    if beit_path:
-      vision = self.kwargs["vision"]
-      side = self.crop // vision["patch_size"]
-      _check_hf_config(beit_path, vision["num_heads"], "model.init_beit", grid=side)
-      tree = beit.from_hf_beit(hf_weights.read_weights(beit_path), vision["num_heads"], image_grid=(side, side),
-                               frames=self.frames)
-      loaded.update(_prefixed(tree, "video_encoder"))
-    if bert_path:
-      _check_hf_config(bert_path, self.kwargs["num_heads"], "model.init_bert")
-      flat = hf_weights.read_weights(bert_path)
-      text_layers, fusion_layers = self.kwargs["text_layers"], self.kwargs["fusion_layers"]
-      loaded.update(_prefixed(bert.from_hf_bert(flat, self.kwargs["num_heads"], num_layers=text_layers),
-                              "text_encoder"))
-      loaded.update(_prefixed(bert.from_hf_bert(flat, self.kwargs["num_heads"], first_layer=text_layers,
-                                                num_layers=fusion_layers, embeddings=False), "fusion_encoder"))
-      head = "cls.predictions."
-      if head + "bias" in flat:
-        take = lambda n: hf_weights.take(flat, head + n, "HF BERT MLM head")
-        loaded.update({"mlm_head/transform/kernel": take("transform.dense.weight").T,
-                       "mlm_head/transform/bias": take("transform.dense.bias"),
-                       "mlm_head/transform_norm/scale": take("transform.LayerNorm.weight"),
-                       "mlm_head/transform_norm/bias": take("transform.LayerNorm.bias"),
-                       "mlm_head/bias": take("bias")})
-    problems = [f"{k}: not a parameter of this model" for k in loaded if k not in params]
-    problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(params[k].shape)}" for k, v in loaded.items()
-                 if k in params and tuple(v.shape) != tuple(params[k].shape)]
-    if problems:
-      raise ValueError("Pretrained weights (model.init_beit / model.init_bert) do not fit the SViTT model:\n  "
-                       + "\n  ".join(problems))
-    fresh = sorted({"/".join(k.split("/")[:2]) for k in params if k not in loaded})
-    logging.info("SViTT: %d of %d tensors from pretrained weights; fresh: %s", len(loaded), len(params), fresh)
-    out = {k: jnp.asarray(loaded[k], v.dtype) if k in loaded else v for k, v in params.items()}
-    return flax.traverse_util.unflatten_dict(out, sep="/")
-
-
-def _prefixed(tree: Any, prefix: str) -> dict[str, np.ndarray]:
-  return {f"{prefix}/{k}": np.asarray(v) for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items()}
-
-
-def _check_hf_config(path: str, heads: int, field: str, grid: int | None = None) -> None:
-  """The config.json beside HF weights against the model: the head count (HF fuses the heads in its Linear
-  layers, so another count would load without a shape error) and, for BEiT, the patch grid its relative
-  tables were trained on (no 2-D resampling here: pick input.crop_size to match)."""
-  config = hf_weights.hf_config(path)
-  if config is None:
-    raise ValueError(f"{field}={path!r}: no config.json beside the weights (save_pretrained writes one); it gives "
-                     "the head count.")
-  if int(config["num_attention_heads"]) != heads:
-    raise ValueError(f"{field}={path!r} has {config['num_attention_heads']} attention heads; the model has {heads}.")
-  if grid is not None and int(config["image_size"]) // int(config["patch_size"]) != grid:
-    raise ValueError(f"{field}={path!r} was trained on a {config['image_size'] // config['patch_size']}-patch grid "
-                     f"({config['image_size']} px / {config['patch_size']}); the model's frames have {grid} "
-                     "patches a side: set input.crop_size to match.")
-
-
-def _decoder_source(path: str, flat_loaded: dict[str, Any]) -> str:
-  """Where a QA decoder parameter starts from in a pre-training checkpoint (see adapt_init_params)."""
-  if path.startswith("answer_head/"):
-    return "mlm_head/" + path[len("answer_head/"):]
-  rest = path[len("answer_decoder/"):]
-  if rest.startswith("layer_"):
-    candidate = "fusion_encoder/" + rest
-    return candidate if candidate in flat_loaded else "text_encoder/" + rest
-  return "text_encoder/" + rest  # embeddings
