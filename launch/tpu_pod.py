@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                        "Re-run `install` (with --reinstall to force the packages), then `check`.")
   if args.action in ("all", "run"):
     status = run_training(args, run)
-    print(f"[tpu_pod] training exited with status {status}", flush=True)
+    if not run.dry_run:
+      print(f"[tpu_pod] training exited with status {status}", flush=True)
   if args.action == "stop" or (args.action == "all" and args.teardown == "stop"):
     run(_tpu(args, "stop", "--quiet"))
   if args.action == "delete" or (args.action == "all" and args.teardown == "delete"):

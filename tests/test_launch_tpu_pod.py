@@ -35,7 +35,9 @@ def _setup_kwargs() -> dict:
     tree = ast.parse(f.read())
   call = next(node for node in ast.walk(tree) if isinstance(node, ast.Call)
               and getattr(node.func, "attr", getattr(node.func, "id", None)) == "setup")
-  return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+  # Only literal values (packages=find_packages(...) is a call).
+  return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords
+          if isinstance(kw.value, (ast.Constant, ast.List, ast.Tuple, ast.Dict))}
 
 
 def _floor(spec: SpecifierSet) -> Version:
@@ -94,7 +96,7 @@ def test_dry_run_prints_the_plan(capsys, monkeypatch):
           in out)
   assert "tpu-vm scp" in out
   # The install step builds the venv from a uv-managed CPython 3.11.18, never from the image's python3.
-  assert "uv python install 3.11.18" in out
+  assert "\"$UV\" python install 3.11.18" in out
   assert "venv --clear --managed-python --python 3.11.18 $HOME/vlm_venv" in out
   assert "python3 -m venv" not in out
   install = next(line for line in out.splitlines() if "pip install --python $HOME/vlm_venv/bin/python" in line)
@@ -180,9 +182,10 @@ chmod +x "$HOME/.local/bin/uv"
   _, first = run_once()
   with open(home / "bootstrap.log") as f:
     assert f.read().split() == ["python3", "-m", "pip", "install", "-q", "--user", f"uv=={pod.UV_VERSION}"]
-  assert [line.split()[0] for line in first] == ["--version", "python", "venv", "pip"]
-  assert first[2].endswith(f"--managed-python --python {pod.PYTHON_VERSION} {home}/vlm_venv")
-  assert "-c constraints.txt -c constraints-tpu.txt --exclude-newer 2026-12-01T00:00:00Z -e .[tpu]" in first[3]
+  # No uv yet, so its version is not asked of it: python, venv and packages are installed.
+  assert [line.split()[0] for line in first] == ["python", "venv", "pip"]
+  assert first[1].endswith(f"--managed-python --python {pod.PYTHON_VERSION} {home}/vlm_venv")
+  assert "-c constraints.txt -c constraints-tpu.txt --exclude-newer 2026-12-01T00:00:00Z -e .[tpu]" in first[2]
 
   os.remove(home / "bootstrap.log")
   out, second = run_once()
