@@ -22,6 +22,8 @@ setuptools.setup(
         "einops>=0.8",
         "numpy>=1.26",
         "scipy>=1.11",
+        # The fast malloc the entry points preload (vlm/allocator.py); wheels exist for x86-64 Linux.
+        "tbb>=2021.10; platform_system == 'Linux' and platform_machine == 'x86_64'",
     ],
     extras_require={
         # PyAV decodes mp4/avi/mpg/webm for the record writer and the data benchmark only.

@@ -6,6 +6,15 @@ conftest is imported before test modules. Nothing model-specific belongs here.
 import os
 import sys
 
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)
+
+# The tests run with the allocator the entry points use (vlm/allocator.py): the pytest-xdist workers, started
+# after this, and every process a test starts inherit LD_PRELOAD.
+from vlm import allocator  # pylint: disable=g-import-not-at-top,wrong-import-position
+allocator.preload_for_children()
+
 # 8 fake CPU devices; and LLVM's cheap path: the tiny test programs spend most of their time in XLA:CPU's
 # compile, which these two flags shorten by about a quarter (two of the heaviest tests: 162 -> 119 s on the 2-core
 # machine) while the HLO, and so what the tests check, stays the same. Real runs keep full optimisation.
@@ -24,7 +33,4 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vlm_test_xla_cache_")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-# `tests.toy_task` (and other test helpers) are imported by dotted name, as configs name them.
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)
+# `tests.toy_task` (and other test helpers) are imported by dotted name, as configs name them (_ROOT above).

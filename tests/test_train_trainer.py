@@ -216,6 +216,20 @@ def test_misspelt_config_override_is_an_error(tmp_path):
   assert not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.parametrize("arg, message", [
+    ("configs/vatt/pretrain.py:tinyy", "vatt has no size 'tinyy'"),
+    ("configs/vatt/no_such_config.py:tiny", "No such file or directory"),
+])
+def test_bad_config_is_reported_before_the_data_stack_starts(tmp_path, arg, message):
+  """A misspelt variant or a missing config file fails before TensorFlow is imported (vlm/registry.py)."""
+  proc = subprocess.run([sys.executable, "-m", "vlm.main", f"--config={arg}", f"--workdir={tmp_path}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert message in proc.stderr
+  assert "JAX process" not in proc.stderr  # logged once TensorFlow and the trainer are imported
+  assert not os.listdir(tmp_path)
+
+
 def test_sigterm_saves_stops_and_resumes_exactly(straight, tmp_path):
   """SIGTERM while fetching batch 3 (the data iterator sends it): step 3 finishes, is saved, and the run stops
   with `Interrupted`; the same command then resumes to the end with the straight run's parameters."""

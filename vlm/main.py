@@ -47,19 +47,23 @@ def main(argv):
   logging_setup.setup_console(verbose)
   # Imported here so that flag errors (a misspelt --config.x) fail fast, before the heavy imports.
   import jax  # pylint: disable=g-import-not-at-top
-  with logging_setup.native_stderr_swallowed(not verbose):  # TF's C++ start-up lines (oneDNN, CUDA stubs)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    # tf.data runs on the host; without this TF may grab accelerator memory that JAX needs.
-    tf.config.set_visible_devices([], "GPU")
   # Random bits computed shard-by-shard, identical for any mesh: needed for sharded dropout/DropToken keys.
   jax.config.update("jax_threefry_partitionable", True)
-
+  from vlm import registry  # pylint: disable=g-import-not-at-top
   from vlm.parallel import multihost  # pylint: disable=g-import-not-at-top
-  from vlm.train import trainer  # pylint: disable=g-import-not-at-top
 
   # Must come before anything starts a JAX backend.
   if FLAGS.distributed:
     multihost.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  # The task and its model are built once here, before TensorFlow and the data pipeline are imported, so a bad
+  # variant, an unknown model key or a task / model protocol mismatch is reported in seconds.
+  registry.build_task(FLAGS.config)
+  with logging_setup.native_stderr_swallowed(not verbose):  # TF's C++ start-up lines (oneDNN, CUDA stubs)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # tf.data runs on the host; without this TF may grab accelerator memory that JAX needs.
+    tf.config.set_visible_devices([], "GPU")
+  from vlm.train import trainer  # pylint: disable=g-import-not-at-top
+
   logging.info("JAX process %d/%d, local devices %s.", jax.process_index(), jax.process_count(),
                jax.local_devices())
 
@@ -80,4 +84,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from vlm import allocator  # pylint: disable=g-import-not-at-top
+  allocator.reexec_with_fast_malloc()
   app.run(main)

@@ -106,5 +106,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from vlm import allocator  # pylint: disable=g-import-not-at-top
+  allocator.reexec_with_fast_malloc()
   flags.mark_flag_as_required("config")
   app.run(main)

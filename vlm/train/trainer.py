@@ -51,6 +51,8 @@ from vlm.parallel import mesh as mesh_lib
 from vlm.parallel import multihost
 from vlm.parallel import partitioning
 from vlm import protocols
+from vlm import registry
+from vlm.registry import build_task  # re-exported: tools and tests build tasks through the trainer
 from vlm.train import checkpointing
 from vlm.train import init as init_lib
 from vlm.train import lock as lock_lib
@@ -62,9 +64,6 @@ from vlm.train import step as step_lib
 ConfigDict = ml_collections.ConfigDict
 
 
-def _import(name: str, package: str) -> Any:
-  """Registry = module path: 'retrieval' -> vlm.<package>.retrieval; a dotted name is imported as given."""
-  return importlib.import_module(name if "." in name else f"vlm.{package}.{name}")
 
 
 # ================================================================================================== setup
@@ -87,13 +86,6 @@ def setup_mesh(config: ConfigDict) -> Setup:
   logging.info("Mesh %s over %d devices (%d processes); sharding preset %r.", dict(mesh.shape),
                mesh.size, jax.process_count(), config.get("sharding") or "dp")
   return Setup(mesh=mesh, rules=rules, batch_sharding=partitioning.batch_sharding(mesh))
-
-
-def build_task(config: ConfigDict) -> protocols.Task:
-  """`vlm.tasks.<config.task.name>.Task(config)`, checked against the task protocol (vlm/protocols.py)."""
-  task = _import(config.task.name, "tasks").Task(config)
-  protocols.require(task, protocols.Task, f"config.task.name={config.task.name!r}")
-  return task
 
 
 # ================================================================================================== state
@@ -235,7 +227,7 @@ def build_evaluators(config: ConfigDict, task: Any, setup: Setup) -> dict[str, t
   """`{key: (Evaluator, every_steps)}` from config.evals (module vlm.evals.<type> or a dotted path)."""
   out = {}
   for key, eval_cfg in (config.get("evals") or {}).items():
-    module = _import(eval_cfg.type, "evals")
+    module = registry.resolve(eval_cfg.type, "evals")
     with setup.context():
       out[key] = (module.Evaluator(config, eval_cfg, task, setup.mesh), eval_cfg.get("every_steps"))
   return out
