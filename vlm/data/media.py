@@ -7,9 +7,25 @@ Time convention: every timestamp here is in seconds on the container's clock, sh
 `start_time` is 0. Video and audio share that clock, which is what keeps a clip's frames and its audio in sync
 even when the two streams start at different presentation times (common in mpg and avi files).
 
-Frame-rate resampling picks, for each target time `start + k / fps`, the decoded frame whose timestamp is nearest
-(DMVR's generate_from_file.py uses ffmpeg's `fps` filter, which also picks the nearest frame). The source rate is
-read from `stream.guessed_rate`: `stream.average_rate` is garbage for some real files (it was -48428 for one mp4).
+Frame times: a frame's time is its presentation timestamp (pts). Decoders emit frames in presentation order, but
+the timestamps attached to them are not always in that order: AVI stores no pts, so with B-frames (e.g. H.264 in
+AVI) ffmpeg's guesses reach the decoded frames permuted (1, 3, 4, 2, 6, 5, ... for frames 0, 1, 2, ...). The set of
+guessed values is right, their order is not (ffmpeg's `best_effort_timestamp`, which PyAV does not expose, would
+use decode timestamps, late by the reorder delay). So the decoder's frame order is kept and its timestamps are
+sorted through a reorder window of `_REORDER_DEPTH` frames (the most frames H.264 can reorder): the k-th frame out
+of the decoder gets the k-th smallest pts. With timestamps already in order (mp4, mkv, webm) this changes nothing;
+around a backward jump in a stream's timestamps (a broken or concatenated file) times are misplaced by up to that
+many frames.
+A frame without pts takes its decode timestamp; without either, the previous frame's time plus one source period,
+or `index / source_fps` from the stream's start (a seek is then undone: the stream is decoded from its start).
+
+Frame-rate resampling picks, for each target time `start + k / fps`, the frame whose timestamp is nearest (DMVR's
+generate_from_file.py uses ffmpeg's `fps` filter, which also picks the nearest frame); the clip is
+[start, start + F / fps). At the source rate (fps None or 0) the clip keeps every frame whose time lies in
+[start - half a source period, end) and spans [first frame's time, the time the last frame gives way to the next
+one) (its time plus one source period at the end of the stream): for a constant-rate file that is
+first + F / source_fps, for a variable-rate one it is the frames' real extent. The source rate is read from
+`stream.guessed_rate`: `stream.average_rate` is garbage for some real files (it was -48428 for one mp4).
 
 Audio sync: samples are counted from the audio stream's first frame, so a window's audio is sample-exact for
 PCM, AAC-in-mp4 and Opus-in-WebM (checked by the tests against a muxed wav). Windows starting after 60 s are
@@ -19,7 +35,9 @@ are about 10 ms late by construction; nothing here corrects it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import heapq
 import io
 import math
 from typing import Any, Iterator, Sequence
@@ -34,6 +52,9 @@ _MAX_BAD_PACKETS = 50
 # start is exact, while the first frame after a seek is only as precise as the container's timestamps (1 ms in
 # Matroska/WebM, 48 samples at 48 kHz). Decoding a minute of audio takes well under a second.
 _AUDIO_SEEK_AFTER_S = 60.0
+# Frames held back to put their timestamps in presentation order (see the module docstring): H.264's largest
+# reorder depth. Costs that many decoded (not converted) frames of memory and of decoding past a clip's end.
+_REORDER_DEPTH = 16
 
 
 def import_av() -> Any:
@@ -54,9 +75,12 @@ class DecodedClip:
   Attributes:
     frames: uint8 [F, H, W, 3] RGB frames, at `fps` (or at the source rate when no target fps was given).
     timestamps: float64 [F] source timestamps (seconds) of the frames that were picked.
-    fps: frame rate of `frames`.
-    start: clip start (seconds); frame k stands for time `start + k / fps`.
-    end: clip end (seconds), `start + F / fps`.
+    fps: frame rate of `frames` (at the source rate: the stream's nominal rate, `source_fps`).
+    start: clip start (seconds). Resampled: the requested start, frame k stands for time `start + k / fps`. At the
+      source rate: the first frame's time.
+    end: clip end (seconds). Resampled: `start + F / fps`. At the source rate: the time the last frame gives way to
+      the next one (its time plus one source period at the end of the stream); `start + F / fps` for a
+      constant-rate file.
     audio: float32 [S] mono waveform in [-1, 1] covering [start, end) at `sample_rate`, S = round((end - start) *
       sample_rate); None when the file has no audio stream or audio was not requested.
     sample_rate: audio sample rate.
@@ -78,12 +102,40 @@ def _clock_origin(container: Any) -> float:
   return 0.0 if st is None else st / 1e6
 
 
-def _frame_time(frame: Any, stream: Any, index: int, rate: float, origin: float) -> float:
-  """A decoded frame's presentation time on our clock; falls back to index / rate when there is no pts."""
-  pts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
-  if pts is None or stream.time_base is None:
-    return index / rate
-  return float(pts * stream.time_base) - origin
+def _timed_frames(container: Any, stream: Any, period: float,
+                  origin: float) -> Iterator[tuple[Any, float | None]]:
+  """(frame, time on our clock) in the decoder's order, which is presentation order; see the module docstring.
+
+  The timestamps are put in order through a window of `_REORDER_DEPTH` frames: each frame leaving the window takes
+  the smallest timestamp in it. A frame with neither pts nor dts follows the previous frame by `period`; its time
+  is None when no frame before it had a time.
+  """
+  time_base = stream.time_base
+  pending: collections.deque = collections.deque()  # (frame, whether it brought a timestamp), oldest first.
+  heap: list[float] = []  # The timestamps that the pending frames brought.
+  last = None
+
+  def release() -> tuple[Any, float | None]:
+    nonlocal last
+    frame, timed = pending.popleft()
+    if timed:
+      t = heapq.heappop(heap)
+    else:
+      t = None if last is None else last + period
+    if t is not None:
+      last = t
+    return frame, t
+
+  for frame in _decode(container, stream):
+    ts = frame.pts if frame.pts is not None else getattr(frame, "dts", None)
+    timed = ts is not None and time_base is not None
+    if timed:
+      heapq.heappush(heap, float(ts * time_base) - origin)
+    pending.append((frame, timed))
+    if len(pending) > _REORDER_DEPTH:
+      yield release()
+  while pending:
+    yield release()
 
 
 def _decode(container: Any, stream: Any) -> Iterator[Any]:
@@ -142,12 +194,15 @@ def decode_video(
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
   """Decodes the video stream of `path` between `start` and `end` seconds.
 
+  Frames are chosen by presentation time, whatever the decode order (see the module docstring).
+
   Args:
     path: a video file PyAV can open (mp4, avi, mpg, webm, mkv, ...).
     start: clip start in seconds (None: the beginning).
     end: clip end in seconds (None: the end of the stream).
     fps: target frame rate; frame k is the source frame nearest to `start + k / fps` (frames repeat when the
-      source is slower). None or 0 keeps every source frame in [start, end).
+      source is slower). None or 0 keeps every source frame whose time lies in [start - half a source period,
+      end).
     short_side: resize so the shorter side has this many pixels, keeping the aspect ratio; None keeps the size.
     max_frames: stop after this many output frames.
 
@@ -159,6 +214,12 @@ def decode_video(
     ImportError: PyAV is missing.
     av.error.FFmpegError (or ValueError): the file cannot be opened or has no video stream.
   """
+  frames, times, out_fps, source_fps, _ = _decode_video(path, start, end, fps, short_side, max_frames)
+  return frames, times, out_fps, source_fps
+
+
+def _decode_video(path, start, end, fps, short_side, max_frames):
+  """`decode_video`, also returning the time the last picked frame gives way to the next one (None: no frame)."""
   av = import_av()
   start = max(0.0, float(start or 0.0))
   with av.open(path) as container:
@@ -173,22 +234,25 @@ def decode_video(
     decoded = _decode_frames(container, stream, start, end, fps, short_side, max_frames, source_fps, origin,
                              seek=start > 0)
     if decoded is None:
-      # The seek overshot (raw mpeg streams and broken indexes seek badly): decode again from the beginning.
+      # The seek overshot (raw mpeg streams and broken indexes seek badly), or landed on frames without any
+      # timestamp: decode again from the beginning.
       container.seek(0)
       decoded = _decode_frames(container, stream, start, end, fps, short_side, max_frames, source_fps, origin,
                                seek=False)
-  frames, times = decoded
+  frames, times, last_end = decoded
   if not frames:
-    return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0,), np.float64), out_fps, source_fps
-  return np.stack(frames), np.asarray(times, np.float64), out_fps, source_fps
+    return np.zeros((0, 0, 0, 3), np.uint8), np.zeros((0,), np.float64), out_fps, source_fps, None
+  return np.stack(frames), np.asarray(times, np.float64), out_fps, source_fps, last_end
 
 
 def _decode_frames(container, stream, start, end, fps, short_side, max_frames, source_fps, origin, seek):
   """The decoding loop of `decode_video`.
 
   Returns:
-    (list of uint8 [H, W, 3] arrays, list of their source times), or None when `seek` is set and the first frame
-    after seeking lies beyond `start` (the caller then decodes from the beginning).
+    (list of uint8 [H, W, 3] arrays, list of their source times, the time the last of them gives way to the next
+    frame (the next frame's time, or the last one's plus a source period at the end of the stream; None without
+    frames)), or None when `seek` is set and the first frame after seeking lies beyond `start` or has no time (the
+    caller then decodes from the beginning).
   """
   if seek:
     _seek(container, stream, start, origin)
@@ -197,24 +261,30 @@ def _decode_frames(container, stream, start, end, fps, short_side, max_frames, s
   out, times = [], []
   size = None
   prev, prev_t = None, None
+  last_end = None
   k = 0  # Index of the next target time `start + k / fps` (resampling mode).
 
   def more() -> bool:
     """Whether another output frame is wanted (resampling mode)."""
     return ((max_frames is None or len(out) < max_frames) and start + k / fps < end_t - 1e-9)
 
-  for i, frame in enumerate(_decode(container, stream)):
-    t = _frame_time(frame, stream, i, source_fps, origin)
+  for i, (frame, t) in enumerate(_timed_frames(container, stream, period, origin)):
+    if t is None:
+      if seek:
+        return None  # No timestamp to tell where the seek landed.
+      t = i * period  # No timestamp yet, decoding from the stream's start: count frames.
     if size is None:
       size = output_size(frame.height, frame.width, short_side)
     if seek and prev is None and t > start + 1.5 * period:
       return None
     if not fps:
-      # Native rate: keep the frames whose display interval [t, t + period) starts in [start, end).
+      # Native rate: keep the frames whose time lies in [start - period / 2, end).
       if t + 0.5 * period < start:
         prev, prev_t = frame, t
         continue
       if t >= end_t - 1e-9 or (max_frames is not None and len(out) >= max_frames):
+        if out:
+          last_end = t  # The last kept frame is shown until this one.
         break
       out.append(_to_rgb(frame, size))
       times.append(t)
@@ -242,7 +312,11 @@ def _decode_frames(container, stream, start, end, fps, short_side, max_frames, s
         out.append(_to_rgb(prev, size))
         times.append(prev_t)
         k += 1
-  return out, times
+    if not fps and out:
+      last_end = times[-1] + period
+  if fps and out:
+    last_end = start + len(out) / fps
+  return out, times, last_end
 
 
 def decode_audio(
@@ -327,21 +401,23 @@ def decode_clip(
   """Decodes frames (see `decode_video`) and the audio that covers exactly the same time window.
 
   The window is [start, start + F / fps): with resampling, frame k stands for `start + k / fps`, so the audio
-  has round(F / fps * sample_rate) samples (153,600 for 32 frames at 10 fps and 48 kHz).
+  has round(F / fps * sample_rate) samples (153,600 for 32 frames at 10 fps and 48 kHz). At the source rate the
+  window is the frames' own extent, [first frame's time, the time the last one gives way to the next), and the
+  audio has round((end - start) * sample_rate) samples (the same count for a constant-rate file).
 
   Returns:
     A `DecodedClip`; `frames` has F = 0 when the window holds no frame.
   """
-  frames, times, out_fps, source_fps = decode_video(
-      path, start=start, end=end, fps=fps, short_side=short_side, max_frames=max_frames)
+  frames, times, out_fps, source_fps, last_end = _decode_video(path, start, end, fps, short_side, max_frames)
   t_start = max(0.0, float(start or 0.0))
-  if not fps and len(times):
-    t_start = float(times[0])  # Native rate: the clip starts at its first frame.
   t_end = t_start + len(frames) / out_fps
+  if not fps and len(times):
+    # Native rate: the clip spans its frames' display intervals (first + F / fps for a constant-rate file).
+    t_start, t_end = float(times[0]), float(last_end)
   audio = None
   if with_audio and len(frames):
     audio = decode_audio(path, start=t_start, sample_rate=sample_rate,
-                         num_samples=int(round(len(frames) / out_fps * sample_rate)))
+                         num_samples=int(round((len(frames) / out_fps if fps else t_end - t_start) * sample_rate)))
   return DecodedClip(frames=frames, timestamps=times, fps=out_fps, start=t_start, end=t_end, audio=audio,
                      sample_rate=sample_rate, source_fps=source_fps)
 

@@ -17,8 +17,11 @@ The manifest is a CSV file with a header row:
 `--output=DIR/name@N` writes N shards `DIR/name-00000-of-0000N.tfrecord` ... (N = 1 without `@N`). Row i of the
 manifest goes to shard floor(i * N / rows) (contiguous, near-equal chunks), so the shards keep the manifest's order
 and a re-run writes the same files. Each worker process writes whole shards. Frames are resampled to `fps`
-(nearest timestamp) and resized so the short side is `short_side`, then JPEG-encoded one per `image/encoded` entry;
-the audio of the same window is written at `sample_rate` mono (absent when the file has no audio stream).
+(nearest presentation timestamp, whatever the decode order: see `vlm.data.media`) and resized so the short side is
+`short_side`, then JPEG-encoded one per `image/encoded` entry; the audio of the same window is written at
+`sample_rate` mono (absent when the file has no audio stream). The record's start and end are the clip's window:
+[start, start + F / fps) when resampling; with `--fps=0` (every source frame) from the first frame's time to the
+time the last frame gives way to the next one.
 
 Inputs that cannot be used (missing file, not a media file, no video stream, no frame in the window) are skipped,
 never fatal: the summary counts them and `DIR/name.errors.json` lists them (an empty list when all went well).
