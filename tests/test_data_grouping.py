@@ -82,7 +82,8 @@ def test_groups_are_consecutive_records_of_one_episode_with_remainders_counted(e
   assert all(np.all(x["group_mask"] == 1) for x in batches)
   # Per shard, record 2 (end of the 3-clip episode) and record 9 (a 1-clip episode) are dropped and counted
   # with the next group handed out: the last shard's record 9 with epoch 1's first group.
-  assert it.skipped == {"corrupt": 0, "truncated_files": 0, "group_dropped": 3, "group_unkeyed": 0,
+  assert it.skipped == {"corrupt": 0, "corrupt_records": 0, "skipped_bytes": 0, "truncated_files": 0,
+                        "group_dropped": 3, "group_unkeyed": 0,
                         "group_padded": 0}
   next(it)  # epoch 1's first two groups: the last of epoch 0's remainders and epoch 1's first one
   assert it.skipped["group_dropped"] == 5
@@ -161,7 +162,8 @@ def test_unkeyed_and_corrupt_records_are_counted_never_dropped_silently(tmp_path
   it = inputs.make_train_iterator(cfg, process_index=0, process_count=1)
   b = next(it)
   assert b["label"].tolist() == [[0, 1], [7, 8]]
-  assert it.skipped == {"corrupt": 1, "truncated_files": 0, "group_dropped": 1, "group_unkeyed": 2,
+  assert it.skipped == {"corrupt": 1, "corrupt_records": 0, "skipped_bytes": 0, "truncated_files": 0,
+                        "group_dropped": 1, "group_unkeyed": 2,
                         "group_padded": 0}
   next(it)  # epoch 1: the same again
   assert it.get_state()["skipped"]["group_unkeyed"] == 4 and it.skipped["corrupt"] == 2
@@ -183,7 +185,7 @@ def test_grouping_off_is_bit_identical_to_the_ungrouped_pipeline(tmp_path):
     assert set(got) == {"video", "label", "frame_index"}
     for k in got:
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-  assert explicit.skipped == {"corrupt": 0, "truncated_files": 0}
+  assert explicit.skipped == {"corrupt": 0, "corrupt_records": 0, "skipped_bytes": 0, "truncated_files": 0}
   # Order, clip offsets and seeds of the stream as the pipeline produced them before the grouping stage existed.
   pinned = [([2, 0, 0, 2], [2, 2, 2, 1]), ([0, 3, 4, 1], [0, 1, 3, 3]), ([0, 4, 3, 3], [1, 0, 1, 2]),
             ([0, 4, 1, 1], [3, 0, 2, 1]), ([0, 2, 2, 0], [2, 1, 3, 0]), ([0, 2, 0, 3], [3, 2, 2, 3])]

@@ -109,7 +109,7 @@ def test_corrupt_records_are_counted_and_skipped(tmp_path):
   it = pipeline.make_train_iterator(cfg, process_index=0, process_count=1)
   labels = [next(it)["label"].tolist() for _ in range(3)]
   assert labels == [[0, 1], [2, 3], [4, 5]]  # the good records, in order
-  assert it.skipped == {"corrupt": 3, "truncated_files": 0}
+  assert it.skipped == {"corrupt": 3, "corrupt_records": 0, "skipped_bytes": 0, "truncated_files": 0}
   next(it)
   assert it.get_state()["skipped"]["corrupt"] == 4  # epoch 1's first batch skipped the bad record at position 1
   cfg.input.max_consecutive_errors = 2  # records 3 and 4 are bad in a row

@@ -44,6 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
 
+from vlm.data import framing
+
 REMAINDERS = ("drop", "pad")
 # Per-example counts the grouping stage attaches (pipeline-private keys) -> names in `DataIterator.skipped`.
 COUNTS = {"_group_dropped": "group_dropped", "_group_unkeyed": "group_unkeyed", "_group_padded": "group_padded"}
@@ -92,10 +94,10 @@ def key_dtype(group: Group, files: Sequence[str]) -> tf.DType:
   """The dtype of `group.key` in the first record of `files[0]` (tf.string when there is no key to read)."""
   if group.key is None or not files:
     return tf.string
-  first = next(iter(tf.data.TFRecordDataset(files[0]).take(1)), None)
-  if first is None:
+  first = framing.read_records(files[0], 1)
+  if not first:
     raise ValueError(f"config.input.group.key={group.key!r}: {files[0]} holds no records to read it from.")
-  ex = tf.train.SequenceExample.FromString(first.numpy())
+  ex = tf.train.SequenceExample.FromString(first[0])
   ctx = ex.context.feature
   if group.key not in ctx:
     raise ValueError(f"config.input.group.key={group.key!r} is not a context feature of the records: "
@@ -118,48 +120,64 @@ def _key_string(serialized: tf.Tensor, key: str, dtype: tf.DType) -> tuple[tf.Te
 
 
 def group_records(records: tf.data.Dataset, group: Group, dtype: tf.DType = tf.string) -> tf.data.Dataset:
-  """One shard's serialized records (in shard order) -> its groups, in order, as dicts:
+  """One shard's records (in shard order) -> its groups, in order, as dicts.
+
+  `records`: serialized records, or the reader's elements (`vlm.data.framing.dataset`: {'payload',
+  '_corrupt_records', '_skipped_bytes', '_count_only'}), whose counts of framing losses then ride on the
+  element of the record they came with (count-only elements are not records: they neither join nor end a run).
+  Output elements:
 
     payload         string [K]  the group's records (padding repeats the last real one)
     _real           int64 []    real records in the group (K, or fewer with 'pad')
     _valid          bool []     False for an element that only carries counts (a dropped remainder, an unkeyed
                                 record); `carry_counts` moves its counts onto the next group and removes it
     _group_dropped, _group_unkeyed, _group_padded   int64 []  counts (module docstring)
+    _corrupt_records, _skipped_bytes                int64 []  the reader's counts
 
   One pass with O(K) state (a `scan` holding the group being filled), so shards of any size stream.
   """
   k = group.size
   pad = group.remainder == "pad"
+  zero = tf.constant(0, tf.int64)
+  if isinstance(records.element_spec, tf.TensorSpec):  # plain serialized records: no reader counts
+    records = records.map(_no_autograph(lambda r: {"payload": r, **{c: zero for c in framing.COUNTS},
+                                                   framing.COUNT_ONLY: tf.constant(False)}))
+  # (record, reader counts, count-only flag) -> with the key: (..., key value, has key)
+  records = records.map(_no_autograph(lambda e: (e["payload"], tuple(e[c] for c in framing.COUNTS),
+                                                 e[framing.COUNT_ONLY])))
   if group.key is None:
-    keyed = records.map(_no_autograph(lambda r: (r, tf.constant(""), tf.constant(True))))
+    keyed = records.map(_no_autograph(lambda r, c, only: (r, c, only, tf.constant(""), tf.constant(True))))
   else:
     key = group.key
 
     @_no_autograph
-    def read_key(r):
+    def read_key(r, c, only):
       # A record that does not parse must not stop the shard: it reads as having no key (counted, not used).
-      one = tf.data.Dataset.from_tensors(r).map(lambda x: (x, *_key_string(x, key, dtype))).ignore_errors()
-      return one.concatenate(tf.data.Dataset.from_tensors((r, tf.constant(""), tf.constant(False)))).take(1)
+      one = tf.data.Dataset.from_tensors(r).map(
+          lambda x: (x, c, only, *_key_string(x, key, dtype))).ignore_errors()
+      return one.concatenate(tf.data.Dataset.from_tensors(
+          (r, c, only, tf.constant(""), tf.constant(False)))).take(1)
 
     keyed = records.flat_map(read_key)
   # An end marker flushes the run still open at the end of the shard.
-  keyed = keyed.map(lambda r, kv, has: (r, kv, has, tf.constant(False)))
+  keyed = keyed.map(lambda r, c, only, kv, has: (r, c, only, kv, has, tf.constant(False)))
   keyed = keyed.concatenate(tf.data.Dataset.from_tensors(
-      (tf.constant(""), tf.constant(""), tf.constant(False), tf.constant(True))))
-  zero = tf.constant(0, tf.int64)
+      (tf.constant(""), tuple(zero for _ in framing.COUNTS), tf.constant(True), tf.constant(""),
+       tf.constant(False), tf.constant(True))))
   empty = tf.fill([k], "")
   slots = tf.range(k, dtype=tf.int64)
 
   @_no_autograph
   def step(state, x):
     buf, n, cur = state
-    record, key_value, has_key, end = x
+    record, reader_counts, only, key_value, has_key, end = x
+    is_record = tf.logical_not(only)  # a count-only element of the reader neither joins nor ends a run
     # The run ends before this record: at the shard's end, at an unkeyed record, or where the key changes.
-    breaks = end | tf.logical_not(has_key) | ((n > 0) & tf.not_equal(key_value, cur))
+    breaks = end | (is_record & (tf.logical_not(has_key) | ((n > 0) & tf.not_equal(key_value, cur))))
     rest = tf.where(breaks, n, zero)  # records left in the group being filled, flushed now (< K)
     flushed = tf.gather(buf, tf.minimum(slots, tf.maximum(rest - 1, 0)))  # padded by its last record
     n = tf.where(breaks, zero, n)
-    takes = has_key & tf.logical_not(end)
+    takes = has_key & is_record & tf.logical_not(end)
     filled = tf.tensor_scatter_nd_update(buf, tf.reshape(tf.minimum(n, k - 1), [1, 1]), tf.reshape(record, [1]))
     buf = tf.where(takes, filled, buf)
     n = n + tf.cast(takes, tf.int64)
@@ -170,15 +188,17 @@ def group_records(records: tf.data.Dataset, group: Group, dtype: tf.DType = tf.s
         "_real": tf.where(full, tf.constant(k, tf.int64), tf.where(padded, rest, zero)),
         "_valid": full | padded,
         "_group_dropped": zero if pad else rest,
-        "_group_unkeyed": tf.cast(tf.logical_not(has_key) & tf.logical_not(end), tf.int64),
+        "_group_unkeyed": tf.cast(tf.logical_not(has_key) & is_record & tf.logical_not(end), tf.int64),
         "_group_padded": tf.where(padded, k - rest, zero),
+        **dict(zip(framing.COUNTS, reader_counts)),
     }
     new_state = (tf.where(full, empty, buf), tf.where(full, zero, n), tf.where(takes, key_value, cur))
     return new_state, out
 
   @_no_autograph
   def useful(e):
-    return e["_valid"] | (e["_group_dropped"] > 0) | (e["_group_unkeyed"] > 0)
+    return (e["_valid"] | (e["_group_dropped"] > 0) | (e["_group_unkeyed"] > 0) |
+            (e["_corrupt_records"] > 0) | (e["_skipped_bytes"] > 0))
 
   return keyed.scan((empty, zero, tf.constant("")), step).filter(useful)
 
@@ -188,7 +208,7 @@ def carry_counts(ds: tf.data.Dataset, max_in_row: int, size: int) -> tf.data.Dat
 
   Fails (instead of searching forever) when `max_in_row` count-only elements come in a row.
   """
-  keys = tuple(COUNTS)
+  keys = tuple(COUNTS) + tuple(framing.COUNTS)
 
   @_no_autograph
   def step(state, e):

@@ -4,6 +4,7 @@
   it = inputs.make_train_iterator(config, process_index=0, process_count=1, state=None)   # infinite, resumable
   batch = next(it); state = it.get_state(); it.skipped                                     # {name: count}
   ev = inputs.make_eval_iterator(config, config.evals.x.input, process_index=0, process_count=1)  # finite
+  inputs.check_input_config(config)   # cheap, before any model state: record globs match, data fields valid
 
 `make_train_iterator` reads one dataset (vlm/data/pipeline.py: sources, pp, shuffle, exact resume, the grouping
 stage of `config.input.group`) or, with `config.input.mixture`, several datasets mixed one per global batch
@@ -21,7 +22,39 @@ from vlm.data.mixture import mixture_names
 from vlm.data.pipeline import DataIterator, EvalIterable, input_config, make_eval_iterator
 
 __all__ = ["make_train_iterator", "make_eval_iterator", "input_config", "mixture_names", "DataIterator",
-           "EvalIterable"]
+           "EvalIterable", "check_input_config"]
+
+
+def _record_sources(data: Mapping[str, Any]) -> None:
+  """Resolves a 'records' source (globs expanded: a glob matching nothing raises FileNotFoundError)."""
+  data = pipeline._to_dict(data)  # pylint: disable=protected-access
+  if data.get("name", "builtin") == "records":
+    from vlm.data import sources  # pylint: disable=g-import-not-at-top
+    sources.get_source(data)
+
+
+def check_input_config(config, eval_inputs: Mapping[str, Any] | None = None) -> None:
+  """Checks the input config before anything expensive is built (call it before the model state).
+
+  Resolves every 'records' source of `config.input` (each mixture dataset's too) and of `eval_inputs`
+  ({name: eval input overrides}, e.g. each `config.evals.<name>.input`): a glob that matches nothing, a missing
+  file or a missing split fails here (FileNotFoundError / ValueError naming the glob) instead of after the
+  state build. Cheap: it lists files and reads nothing (built-in and TFDS sources are not touched).
+  """
+  if config.input.get("mixture", None) is not None:
+    for name, entry in mixture._entries(config):  # pylint: disable=protected-access
+      entry = {k: v for k, v in entry.items() if k != "weight"}
+      try:
+        _record_sources(pipeline.input_config(config, entry)["data"])
+      except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"config.input.mixture[{name!r}]: {e}") from None
+  else:
+    _record_sources(pipeline.input_config(config)["data"])
+  for name, over in (eval_inputs or {}).items():
+    try:
+      _record_sources(pipeline.input_config(config, over)["data"])
+    except (FileNotFoundError, ValueError) as e:
+      raise type(e)(f"evals.{name}.input: {e}") from None
 
 
 def make_train_iterator(config, *, process_index: int, process_count: int,

@@ -48,7 +48,7 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
   Args:
     max_len: L (VATT: 16 words).
     tokenizer: a `vocab.Tokenizer` or its config dict (`kind`, `vocab_file`, `lower`).
-    bos, eos: add the vocabulary's BOS / EOS ids (counted within max_len; EOS may be clipped).
+    bos, eos: add the vocabulary's BOS / EOS ids (counted within max_len; a clipped text keeps its EOS).
     inkey, outkey, mask_key: input strings, output ids and mask keys.
   """
   if tokenizer is None:
@@ -58,7 +58,10 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
 
   def op(data):
     text = tf.convert_to_tensor(data[inkey], tf.string)
-    ids = tok.to_int_tf_op(text, bos=bos, eos=eos)
+    ids = tok.to_int_tf_op(text, bos=bos, eos=False)
+    if eos:  # truncation keeps the EOS ([SEP]) last, as HF's tokenizers do
+      clipped = ids[..., :max_len - 1]
+      ids = vocab_lib._add_special(clipped, None, tok.eos_id, False, True)  # pylint: disable=protected-access
     dense, mask = vocab_lib.pad_or_clip(ids, max_len, tok.pad_id)
     # Ragged tokenization loses the static outer shape; eval padding and batching want it back.
     shape = text.shape.concatenate([max_len])

@@ -88,11 +88,15 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import tensorflow as tf
 
+from vlm.data import framing
 from vlm.data import grouping
 from vlm.data import pp as pp_lib
 from vlm.data import sources as sources_lib
 
-_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped", "_end_epoch", "_end_pos", *grouping.COUNTS)
+# Per-example counts (pipeline-private keys) -> names in `DataIterator.skipped`: the reader's framing losses
+# (vlm/data/framing.py) and the grouping stage's.
+_COUNTS = {**framing.COUNTS, **grouping.COUNTS}
+_PRIVATE = ("_seed", "_epoch", "_pos", "_skipped", "_end_epoch", "_end_pos", framing.COUNT_ONLY, *_COUNTS)
 # Every tf.data function here is plain TF (no Python control flow on tensors): skip AutoGraph, it only costs time.
 _no_autograph = tf.autograph.experimental.do_not_convert
 _BATCH_SALT = 0x6261  # folds the batch seed out of the first example's seed (batch-level ops)
@@ -227,8 +231,9 @@ class _Builder:
     if self.group is not None and not self.is_records:
       raise ValueError(f"config.input.group needs a record source (builtin or records); input.data.name is "
                        f"{self.source.name!r}.")
-    # Keys summed over skipped examples into the next one's (the grouping stage's counts).
-    self.carried = tuple(grouping.COUNTS) if self.group is not None else ()
+    # Keys summed over skipped examples into the next one's (the reader's and the grouping stage's counts).
+    self.carried = ((tuple(framing.COUNTS) if self.is_records else ())
+                    + (tuple(grouping.COUNTS) if self.group is not None else ()))
     host_split = inp.get("host_split", "files")
     if host_split not in ("files", "examples"):
       raise ValueError(f"input.host_split={host_split!r}: expected 'files' or 'examples'.")
@@ -284,8 +289,9 @@ class _Builder:
     return out
 
   def element(self, payload, epoch, pos) -> dict[str, tf.Tensor]:
-    """What the record stream holds at `pos` (a record, or a group's dict) -> the element `process` reads."""
-    if self.group is None:
+    """What the stream holds at `pos` (a record's or a group's dict; a decoded example of a non-record source)
+    -> the element `process` reads."""
+    if not self.is_records:
       return {"payload": payload, "_epoch": epoch, "_pos": pos}
     return {**payload, "_epoch": epoch, "_pos": pos}
 
@@ -297,9 +303,11 @@ class _Builder:
     if self.is_records:
       if not self.files:  # an eval host with no shard: it only pads
         return
-      payloads = [tf.constant(r) for r in sources_lib.check_records(self.files, n)]
+      zero = tf.constant(0, tf.int64)
+      payloads = [{"payload": tf.constant(r), **{k: zero for k in framing.COUNTS}}
+                  for r in sources_lib.check_records(self.files, n, extra_context=self.extra_context)]
       if self.group is not None:  # the first complete groups of the first shard
-        groups = self._group_file(tf.data.TFRecordDataset(self.files[0]))
+        groups = self._group_file(framing.dataset(self.files[0]))
         payloads = list(groups.filter(lambda g: g["_valid"]).take(n))
     else:
       payloads = list(self.source.load_examples(self.process_index, self.process_count).take(n))
@@ -309,7 +317,8 @@ class _Builder:
         self.process(self.element(p, tf.constant(0, tf.int64), tf.constant(i, tf.int64)))
       except Exception as e:
         where = self.files[0] if self.files else self.source.name
-        raise type(e)(f"Preprocessing {unit} {i} of {where} failed before training: {e}") from e
+        raise _with_message(e, f"Preprocessing {unit} {i} of {where} failed before training: "
+                               f"{getattr(e, 'message', None) or e}") from e
 
   def _processed(self, ds: tf.data.Dataset) -> tf.data.Dataset:
     """Elements {'payload', '_epoch', '_pos'} -> valid processed examples with `_skipped` counts."""
@@ -381,17 +390,21 @@ class _Builder:
     """The records of `files`, `cycle` files at a time; with input.group, each file's groups (before the
     interleave, so a group holds consecutive records of one shard)."""
     def read(f):
-      records = tf.data.TFRecordDataset(f).ignore_errors()
+      # Record-level recovery: a damaged record is skipped and counted, the rest of its shard is read.
+      records = framing.dataset(f)
       return records if self.group is None else self._group_file(records)
 
     return files.interleave(read, cycle_length=cycle, block_length=1, num_parallel_calls=cycle,
                             deterministic=True)
 
   def _without_count_only(self, ds: tf.data.Dataset, carry: bool = True) -> tf.data.Dataset:
-    """With input.group: the count-only elements removed, their counts moved onto the next group (`carry`;
-    eval takes its counts from the counting pass instead, see `_count_examples`)."""
-    if self.group is None:
+    """The count-only elements removed (the reader's: losses at the end of a shard; with input.group, the
+    grouping stage's), their counts moved onto the next element (`carry`; eval with input.group takes its
+    counts from the counting pass instead, see `_count_groups_per_host`)."""
+    if not self.is_records:
       return ds
+    if self.group is None:
+      return _carry_count_only(ds, int(self.inp["max_consecutive_errors"]))
     if not carry:
       valid = ds.filter(_no_autograph(lambda e: e["_valid"]))
       return valid.map(_no_autograph(lambda e: {k: v for k, v in e.items() if k != "_valid"}))
@@ -461,6 +474,46 @@ class _Builder:
     return {**out, **private}
 
 
+def _carry_count_only(ds: tf.data.Dataset, max_in_row: int) -> tf.data.Dataset:
+  """Removes the reader's count-only elements, adding their counts to the next element's; drops the flag.
+
+  Runs on the whole (multi-epoch) stream, so no count is lost at an epoch's end; fails (instead of searching
+  forever) when `max_in_row` come in a row (no shard has a readable record).
+  """
+  keys = tuple(framing.COUNTS)
+
+  @_no_autograph
+  def step(state, e):
+    in_row, acc = state
+    e = dict(e)
+    only = e.pop(framing.COUNT_ONLY)
+    check = tf.debugging.assert_less(in_row, tf.constant(max_in_row, tf.int64), message=(
+        f"{max_in_row} record files in a row hold no readable record (input.max_consecutive_errors); see "
+        "skipped['corrupt_records'] and skipped['skipped_bytes']"))
+    with tf.control_dependencies([check]):
+      only = tf.identity(only)
+    total = tuple(a + e[k] for a, k in zip(acc, keys))
+    zero = tf.constant(0, tf.int64)
+    for k, t in zip(keys, total):
+      e[k] = tf.where(only, zero, t)
+    new_acc = tuple(tf.where(only, t, zero) for t in total)
+    return (tf.where(only, in_row + 1, zero), new_acc), (e, tf.logical_not(only))
+
+  zeros = tuple(tf.constant(0, tf.int64) for _ in keys)
+  ds = ds.scan((tf.constant(0, tf.int64), zeros), step)
+  return ds.filter(_no_autograph(lambda e, keep: keep)).map(_no_autograph(lambda e, keep: e))
+
+
+def _with_message(e: Exception, message: str) -> Exception:
+  """`e`'s type with `message` (TensorFlow's errors take (node_def, op, message); others one argument)."""
+  if isinstance(e, tf.errors.OpError):
+    return type(e)(e.node_def, e.op, message)
+  try:
+    return type(e)(message)
+  except Exception:  # pylint: disable=broad-except  (an exception type with another constructor)
+    return RuntimeError(message)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training iterator.
 
@@ -470,7 +523,11 @@ class DataIterator:
 
   Attributes:
     skipped: {'corrupt': records skipped because parsing / decoding / pp failed (in consumed batches),
-              'truncated_files': host shards with a truncated or corrupt tail}.
+              'corrupt_records': records lost to framing damage (a payload failing its CRC, a damaged length
+                                 header, a truncated tail) in front of the consumed examples,
+              'skipped_bytes': the bytes those occupied,
+              'truncated_files': host shards that end inside a record (from the header walk at start),
+              and with input.group the grouping counts}.
     batches: batches handed out since this iterator was created.
   """
 
@@ -481,8 +538,8 @@ class DataIterator:
     self.seed, self.epoch, self.position = seed, epoch, position
     self.process_index, self.process_count = process_index, process_count
     self.skipped = {"corrupt": 0, "truncated_files": 0, **(skipped or {})}
-    if any(k in dataset.element_spec for k in grouping.COUNTS):
-      self.skipped = {**{name: 0 for name in grouping.COUNTS.values()}, **self.skipped}
+    if any(k in dataset.element_spec for k in _COUNTS):
+      self.skipped = {**{name: 0 for k, name in _COUNTS.items() if k in dataset.element_spec}, **self.skipped}
     self.batches = 0
 
   @property
@@ -516,7 +573,7 @@ class DataIterator:
 
 def _count_groups(batch: dict[str, np.ndarray], skipped: dict[str, int]) -> None:
   """Moves the grouping stage's per-example counts out of `batch` into `skipped`."""
-  for key, name in grouping.COUNTS.items():
+  for key, name in _COUNTS.items():
     if key in batch:
       skipped[name] = skipped.get(name, 0) + int(batch.pop(key).sum())
 
@@ -568,35 +625,44 @@ class EvalIterable:
     self._ds = dataset
     self.num_batches = num_batches
     self.num_examples = num_examples  # examples on this host (before skipping invalid ones)
-    self._group_counts = dict(group_counts or {})  # the grouping stage's counts of the whole host split
-    self.skipped = {"corrupt": 0, **self._group_counts}
+    self._group_counts = dict(group_counts or {})  # with input.group: the counting pass's (whole host split)
+    self._reader = not self._group_counts and any(k in dataset.element_spec for k in framing.COUNTS)
+    self.skipped = self._fresh()
 
   def __len__(self) -> int:
     return self.num_batches
 
+  def _fresh(self) -> dict[str, int]:
+    return {"corrupt": 0, **({name: 0 for name in framing.COUNTS.values()} if self._reader else {}),
+            **self._group_counts}
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-    self.skipped = {"corrupt": 0, **self._group_counts}
+    self.skipped = self._fresh()
     for batch in self._ds.as_numpy_iterator():
       self.skipped["corrupt"] += int(batch.pop("_skipped").sum())
-      for k in ("_seed", "_epoch", "_pos", *grouping.COUNTS):
+      if self._reader:  # without input.group the batches carry the reader's counts
+        for k, name in framing.COUNTS.items():
+          self.skipped[name] += int(batch.pop(k).sum())
+      for k in ("_seed", "_epoch", "_pos", *_COUNTS):
         batch.pop(k, None)
       yield batch
 
 
 def _count_groups_per_host(b: _Builder) -> tuple[list[int], dict[str, int]]:
   """(groups per host for all hosts, this host's grouping counts): one pass over the records, keys only."""
-  counts, mine = [], {name: 0 for name in grouping.COUNTS.values()}
+  keys = tuple(_COUNTS)  # the grouping stage's counts and the reader's
+  counts, mine = [], {name: 0 for name in _COUNTS.values()}
   for h in range(b.process_count):
     files = sources_lib.host_files(b.source.files, h, b.process_count, allow_empty=True)
     if not files:
       counts.append(0)
       continue
     groups = b._read(tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string)), 1)
-    totals = groups.reduce((np.int64(0),) + (np.int64(0),) * len(grouping.COUNTS), lambda c, g: (
-        c[0] + tf.cast(g["_valid"], tf.int64),) + tuple(a + g[k] for a, k in zip(c[1:], grouping.COUNTS)))
+    totals = groups.reduce((np.int64(0),) + (np.int64(0),) * len(keys), lambda c, g: (
+        c[0] + tf.cast(g["_valid"], tf.int64),) + tuple(a + g[k] for a, k in zip(c[1:], keys)))
     counts.append(int(totals[0]))
     if h == b.process_index:
-      mine = {name: int(t) for name, t in zip(grouping.COUNTS.values(), totals[1:])}
+      mine = {_COUNTS[k]: int(t) for k, t in zip(keys, totals[1:])}
   return counts, mine
 
 
@@ -637,7 +703,8 @@ def make_eval_iterator(config, eval_input, *, process_index: int, process_count:
     counts = _count_examples(b, inp)
   num_batches = math.ceil(max(counts) / b.batch) if counts else 0
   ds = b._payloads().enumerate().map(lambda pos, p: b.element(p, tf.constant(0, tf.int64), pos))
-  ds = b._processed(b._without_count_only(ds, carry=False)).map(lambda d: {**d, "_mask": tf.constant(1.0, tf.float32)})
+  ds = b._processed(b._without_count_only(ds, carry=b.group is None))
+  ds = ds.map(lambda d: {**d, "_mask": tf.constant(1.0, tf.float32)})
   spec = ds.element_spec
   unknown = [k for k, s in spec.items() if not s.shape.is_fully_defined()]
   if unknown:

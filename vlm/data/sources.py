@@ -33,11 +33,11 @@ from __future__ import annotations
 import dataclasses
 import glob as glob_lib
 import importlib
-import struct
 from typing import Any, Callable, Mapping, Sequence
 
 import tensorflow as tf
 
+from vlm.data import framing
 from vlm.data import records as rec
 
 _DTYPES = {"string": tf.string, "bytes": tf.string, "str": tf.string, "int": tf.int64, "int64": tf.int64,
@@ -242,8 +242,27 @@ def parse_example(serialized: tf.Tensor, *, extra_context: Mapping[str, str] | N
   return out
 
 
-def validate_layout(serialized: bytes, where: str = "record") -> None:
-  """Eager layout check of one serialized record; raises `LayoutError` naming the key and the expected layout."""
+# The kind (tf.train.Feature oneof) each context key the parser reads must have.
+_KINDS = {tf.string: "bytes_list", tf.int64: "int64_list", tf.float32: "float_list"}
+_KIND_NAMES = {"bytes_list": "bytes (bytes_list)", "int64_list": "int64 (int64_list)",
+               "float_list": "float (float_list)"}
+
+
+def _context_kinds(extra_context: Mapping[str, str] | None) -> dict[str, str]:
+  kinds = {k: _KINDS[spec.dtype] for k, spec in _context_spec({}).items() if k != rec.IMAGE}
+  for key, dtype in (extra_context or {}).items():
+    if dtype in _DTYPES:
+      kinds[key] = _KINDS[_DTYPES[dtype]]
+  return kinds
+
+
+def validate_layout(serialized: bytes, where: str = "record", *,
+                    extra_context: Mapping[str, str] | None = None) -> None:
+  """Eager layout check of one serialized record; raises `LayoutError` naming the key and the expected layout.
+
+  Also checks the type of every context key the parser reads (`video/fps` float, the timestamps int64, ...,
+  and `extra_context`'s), naming the key, the expected and the found type, and `where` (the file).
+  """
   expected = (f"expected layout: feature_lists['{rec.IMAGE}'] with one entry per frame, each entry a bytes_list "
               f"holding exactly ONE JPEG (see vlm/data/records.py)")
   ex = tf.train.SequenceExample()
@@ -252,6 +271,11 @@ def validate_layout(serialized: bytes, where: str = "record") -> None:
   except Exception as e:  # pylint: disable=broad-except  (protobuf raises DecodeError subclasses)
     raise LayoutError(f"{where}: not a serialized tf.train.SequenceExample ({e}).") from None
   ctx = ex.context.feature
+  for key, kind in _context_kinds(extra_context).items():
+    found = ctx[key].WhichOneof("kind") if key in ctx else None
+    if found is not None and found != kind:
+      raise LayoutError(f"{where}: context feature '{key}' has type {_KIND_NAMES[found]}, expected "
+                        f"{_KIND_NAMES[kind]} (see vlm/data/records.py).")
   if rec.IMAGE in ctx:
     n = len(ctx[rec.IMAGE].bytes_list.value)
     raise LayoutError(f"{where}: frames are stored as a context feature '{rec.IMAGE}' ({n} values); {expected}.")
@@ -278,29 +302,33 @@ def validate_layout(serialized: bytes, where: str = "record") -> None:
         raise LayoutError(f"{where}: '{rec.AUDIO}' entry {i} is not a float_list.")
 
 
-def check_records(files: Sequence[str], num_records: int = 2) -> list[bytes]:
-  """Eagerly validates the first `num_records` records of the first file; returns them (for a pp dry run)."""
+def check_records(files: Sequence[str], num_records: int = 2, *,
+                  extra_context: Mapping[str, str] | None = None) -> list[bytes]:
+  """Eagerly validates the first `num_records` good records of the first file; returns them (for a pp dry run).
+
+  Records with framing damage are passed over (the pipeline skips and counts them too).
+  """
   if not files:
     raise ValueError("No record files to read.")
-  out = []
-  for i, r in enumerate(tf.data.TFRecordDataset(files[0]).take(num_records)):
-    r = r.numpy()
-    validate_layout(r, where=f"{files[0]} record {i}")
-    out.append(r)
+  out = framing.read_records(files[0], num_records)
+  for i, r in enumerate(out):
+    validate_layout(r, where=f"{files[0]} record {i}", extra_context=extra_context)
   if not out:
-    raise ValueError(f"{files[0]} holds no records.")
+    raise ValueError(f"{files[0]} holds no (readable) records.")
   return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Shard framing scan: counts records and finds truncated files without reading the payloads.
+# Shard framing scan: counts records and finds framing damage without reading the payloads.
 
 
 @dataclasses.dataclass
 class ShardInfo:
   path: str
-  num_records: int
-  truncated: bool  # a partial record at the end, or a corrupt length header
+  num_records: int      # records whose length header verifies (payload CRCs are not checked here)
+  truncated: bool       # the file ends inside a record (a partial header, or a record past the end)
+  corrupt_records: int = 0  # records lost to damaged length headers or the truncated tail
+  skipped_bytes: int = 0    # bytes those occupy
 
 
 _SCAN_CACHE: dict[tuple[str, int], ShardInfo] = {}
@@ -309,58 +337,20 @@ _SCAN_CACHE: dict[tuple[str, int], ShardInfo] = {}
 def scan_shard(path: str) -> ShardInfo:
   """Walks a TFRecord file's length headers (12 bytes per record, payloads skipped by seeking).
 
-  TFRecord framing: uint64 length, uint32 masked crc of the length, payload, uint32 masked crc of the payload.
-  A read stops at the first truncated or corrupt record (the rest of the file is unreachable), so those files
-  are reported as truncated. Results are cached per (path, size).
+  A damaged length header does not end the walk: it resumes at the next position whose header verifies
+  (vlm/data/framing.py), so the records behind it are counted. Results are cached per (path, size).
   """
   size = tf.io.gfile.stat(path).length
   key = (path, size)
   if key in _SCAN_CACHE:
     return _SCAN_CACHE[key]
-  n, pos, truncated = 0, 0, False
-  with tf.io.gfile.GFile(path, "rb") as f:
-    while pos < size:
-      if pos + 12 > size:
-        truncated = True
-        break
-      f.seek(pos)
-      header = f.read(12)
-      (length,) = struct.unpack("<Q", header[:8])
-      if _masked_crc(header[:8]) != struct.unpack("<I", header[8:12])[0]:
-        truncated = True
-        break
-      end = pos + 12 + length + 4
-      if end > size:
-        truncated = True
-        break
-      n += 1
-      pos = end
-  info = ShardInfo(path, n, truncated)
+  n, lost, skipped, truncated = 0, 0, 0, False
+  for r in framing.walk(path, verify=False):
+    n += r.payload is not None
+    lost, skipped, truncated = lost + r.corrupt_records, skipped + r.skipped_bytes, truncated or r.truncated
+  info = ShardInfo(path, n, truncated, lost, skipped)
   _SCAN_CACHE[key] = info
   return info
 
 
-def _crc_table() -> list[int]:
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ (0x82F63B78 & -(crc & 1))
-    table.append(crc)
-  return table
-
-
-_CRC_TABLE = _crc_table()
-
-
-def _crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), table-driven: TFRecord's checksum."""
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC_TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = _crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+_masked_crc = framing.masked_crc  # kept for callers of the old name

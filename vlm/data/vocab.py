@@ -3,8 +3,14 @@
 Token ids are produced inside tf.data (`to_int_tf_op`) and in plain Python (`to_int`, `to_str`) with the same
 vocabulary, so evaluators can encode class names or queries exactly as the input pipeline encodes captions.
 
-* `WordPieceTokenizer`: BERT WordPiece via `tensorflow_text.BertTokenizer` and a BERT-style vocab file
-  (`[PAD]`, `[UNK]`, `[CLS]`, `[SEP]` lines; ids are line numbers, so a standard BERT vocab gives pad 0).
+* `WordPieceTokenizer`: BERT WordPiece (tensorflow_text's basic and WordPiece tokenizers) and a BERT-style vocab
+  file (`[PAD]`, `[UNK]`, `[CLS]`, `[SEP]` lines; ids are line numbers, so a standard BERT vocab gives pad 0).
+  The ids are those of HF transformers' `BertTokenizer` (tests/test_data_tokenizer_parity.py): its text
+  cleaning (control and format characters deleted, whitespace characters made spaces), Python-style lower
+  casing then NFD with the accents stripped (no compatibility folding: 'ß', 'ﬁ', '½', full-width letters stay
+  themselves), CJK characters as words, punctuation split, special tokens written in the text ('[CLS]', '[SEP]',
+  '[MASK]', ...) kept whole, and words over 100 characters -> [UNK]. One difference is deliberate: an empty text
+  gives no ids even with bos/eos (HF: [CLS] [SEP]), so a padding caption keeps an all-zero mask.
 * `WordTokenizer`: whole words for VATT-style vocabularies (2^16 words, one per line). Text is lower-cased,
   punctuation becomes a space, words are split on whitespace and looked up in a `tf.lookup.StaticHashTable`;
   unknown words map to the `[UNK]` id.
@@ -32,6 +38,14 @@ PAD_TOKENS = ("[PAD]", "<pad>", "PAD", "<PAD>", "")
 UNK_TOKENS = ("[UNK]", "<unk>", "UNK", "<UNK>")
 BOS_TOKENS = ("[CLS]", "<s>", "[BOS]", "<bos>")
 EOS_TOKENS = ("[SEP]", "</s>", "[EOS]", "<eos>")
+
+# HF BertTokenizer: words longer than this (in characters) are [UNK]; characters it deletes (control, format,
+# private-use and surrogate categories but tab / newline / carriage return, plus NUL and U+FFFD) and those it
+# makes spaces (tab, newline, carriage return, Zs, Zl, Zp); the private-use placeholder of special tokens.
+_MAX_WORD_CHARS = 100
+_CONTROL_RE = r"[\x{0}-\x{8}\x{B}\x{C}\x{E}-\x{1F}\x{7F}-\x{9F}\p{Cf}\p{Co}\p{Cs}\x{FFFD}]"
+_SPACE_RE = r"[\t\n\r\p{Zs}\p{Zl}\p{Zp}]"
+_PLACEHOLDER = 0xE000
 
 # Characters turned into spaces before whole-word lookup (VATT/DMVR word tokenizers strip punctuation the same way).
 _PUNCT_RE = r"[!\"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~]"
@@ -180,15 +194,44 @@ class WordPieceTokenizer:
     table = tf.lookup.StaticVocabularyTable(
         tf.lookup.KeyValueTensorInitializer(
             tf.constant(tokens, tf.string), tf.range(len(tokens), dtype=tf.int64)), num_oov_buckets=1)
-    self._tok = tf_text.BertTokenizer(table, token_out_type=tf.int64, lower_case=lower,
-                                      unknown_token=tokens[unk])
+    # HF's BasicTokenizer + WordpieceTokenizer: our own normalisation (`_normalize`) and special-token handling,
+    # then tensorflow_text's basic split (whitespace, punctuation, CJK) with its case folding OFF (it applies
+    # NFKC compatibility folding) and WordPiece with a 100-character (not byte) word limit (`to_int_tf_op`).
+    from tensorflow_text.python.ops import bert_tokenizer  # pylint: disable=g-import-not-at-top
+    self._basic = bert_tokenizer.BasicTokenizer(lower_case=False, keep_whitespace=False)
+    self._wordpiece = tf_text.WordpieceTokenizer(table, token_out_type=tf.int64, unknown_token=tokens[unk],
+                                                 max_bytes_per_word=4 * _MAX_WORD_CHARS + 4)
+    self.special = [t for t in ("[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]") if t in self._py_index]
+
+  def _words(self, flat: tf.Tensor) -> tf.RaggedTensor:
+    """Strings [N] -> words [N, (words)] as HF's BasicTokenizer splits them (special tokens whole)."""
+    import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+    text = tf.strings.regex_replace(flat, _CONTROL_RE, "")
+    text = tf.strings.regex_replace(text, _SPACE_RE, " ")
+    # Special tokens written in the text stay whole (HF splits them out first): a private-use placeholder
+    # (the cleaning above removed any such character from the text) between spaces survives the split.
+    for i, tok in enumerate(self.special):
+      text = tf.strings.regex_replace(text, re.escape(tok), f" {chr(_PLACEHOLDER + i)} ")
+    if self.lower:
+      # HF lowers per character (capital sigma -> sigma); ICU's whole-string lowering gives final sigma at a
+      # word's end.
+      text = tf.strings.regex_replace(text, "\u03a3", "\u03c3")
+      text = tf.strings.lower(text, encoding="utf-8")
+      text = tf.strings.regex_replace(tf_text.normalize_utf8(text, "NFD"), r"\p{Mn}", "")
+    words = self._basic.tokenize(text)
+    values = words.flat_values
+    values = tf.where(tf.strings.length(values, unit="UTF8_CHAR") > _MAX_WORD_CHARS, self.tokens[self.unk_id],
+                      values)
+    for i, tok in enumerate(self.special):
+      values = tf.where(tf.equal(values, chr(_PLACEHOLDER + i)), tok, values)
+    return words.with_flat_values(values)
 
   def to_int_tf_op(self, text: tf.Tensor, *, bos: bool = False, eos: bool = False) -> tf.RaggedTensor:
     """Strings [...] -> int32 ragged ids [..., (wordpieces)]."""
     text = tf.convert_to_tensor(text, tf.string)
     shape = tf.shape(text)
     flat = tf.reshape(text, [-1])
-    ids = self._tok.tokenize(flat).merge_dims(-2, -1)  # [N, (words), (pieces)] -> [N, (pieces)]
+    ids = self._wordpiece.tokenize(self._words(flat)).merge_dims(-2, -1)  # [N, (words), (pieces)] -> [N, (pieces)]
     ids = tf.cast(ids, tf.int32)
     if text.shape.rank == 0:
       ids = ids[0]
