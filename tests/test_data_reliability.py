@@ -192,3 +192,14 @@ def test_empty_glob_fails_in_the_early_check(tmp_path):
       a=dict(weight=1.0, data=dict(name="records", files=str(tmp_path / "x-*")))))))
   with pytest.raises(FileNotFoundError, match=r"mixture\['a'\]"):
     inputs.check_input_config(mix)
+
+
+def test_trainer_reports_an_empty_records_glob_before_building_the_state(tmp_path, monkeypatch):
+  from vlm import config_lib  # pylint: disable=g-import-not-at-top
+  from vlm.train import trainer  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(os.path.join(root, "configs/vatt/pretrain.py") + ":tiny")
+  config.input.data = dict(name="records", split="train", files=str(tmp_path / "nothing-*.tfrecord"))
+  monkeypatch.setattr(trainer, "setup_mesh", lambda *a: pytest.fail("the mesh was set up before the check"))
+  with pytest.raises(FileNotFoundError, match="nothing-"):
+    trainer.train_and_evaluate(config, str(tmp_path / "workdir"))

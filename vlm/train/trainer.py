@@ -79,9 +79,12 @@ class Setup:
     return partitioning.activation_context(self.mesh, self.rules)
 
 
-def setup_mesh(config: ConfigDict) -> Setup:
-  """Builds the mesh (config.mesh) and the logical-axis rules (config.sharding, config.sharding_rules)."""
-  mesh = mesh_lib.make_mesh(config.get("mesh") or mesh_lib.DEFAULT_MESH)
+def setup_mesh(config: ConfigDict, devices: Any = None) -> Setup:
+  """Builds the mesh (config.mesh) and the logical-axis rules (config.sharding, config.sharding_rules).
+
+  `devices` defaults to `jax.devices()`; vlm.tools.aot passes a TPU topology's (compile-only) devices.
+  """
+  mesh = mesh_lib.make_mesh(config.get("mesh") or mesh_lib.DEFAULT_MESH, devices)
   rules = partitioning.get_rules(config.get("sharding") or "dp", config.get("sharding_rules"), mesh)
   logging.info("Mesh %s over %d devices (%d processes); sharding preset %r.", dict(mesh.shape),
                mesh.size, jax.process_count(), config.get("sharding") or "dp")
@@ -425,6 +428,11 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
   if keep is not None and int(keep) < 1:
     raise ValueError(f"config.keep_checkpoints={keep}: keep at least 1 (the last checkpoint is the run's result; "
                      "0 would delete it).")
+  # Every records glob of the run (train and evaluations) is listed now, before the state build.
+  from vlm.data import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
+  if "." not in str(config.input.get("data", {}).get("name", "")):  # a dotted name brings its own iterator
+    inputs_lib.check_input_config(config, {name: ev.get("input", {})
+                                           for name, ev in config.get("evals", {}).items()})
   setup = setup_mesh(config)
   per_host = multihost.check_batch_size(config.input.batch_size, mesh_lib.num_batch_shards(setup.mesh),
                                         jax.process_count())
