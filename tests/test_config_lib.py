@@ -60,14 +60,46 @@ def test_shared_blocks():
   assert o.b1 == 0.9 and o.schedule.warmup_steps == 5 and o.grad_clip_norm is None
 
 
-@pytest.mark.parametrize("spec,steps,batch", [
-    ("configs/vatt/pretrain.py:tiny,steps=500000", 500_000, 32),
-    ("configs/vatt/pretrain.py:tiny,batch=2048", 1200, 2048),
-    ("configs/vatt/finetune.py:tiny,steps=100000", 100_000, 32),
-    ("configs/tubevit/kinetics.py:tiny,steps=300000,batch=256", 300_000, 256),
+def _at(config, path):
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+# One `tiny` block per config file shrinks the run; what the arg string set explicitly is written over it.
+@pytest.mark.parametrize("spec,want", [
+    ("configs/vatt/pretrain.py:tiny,steps=500000", {"total_steps": 500_000, "input.batch_size": 32}),
+    ("configs/vatt/pretrain.py:tiny,batch=2048", {"total_steps": 1200, "input.batch_size": 2048}),
+    ("configs/vatt/pretrain.py:MA,tiny", {"model.variant": "MA-tiny", "input.num_frames": 8}),
+    ("configs/vatt/finetune.py:tiny,steps=100000", {"total_steps": 100_000, "input.batch_size": 32}),
+    ("configs/vatt/finetune.py:tiny,batch=8", {"total_steps": 1000, "input.batch_size": 8}),
+    ("configs/vatt/linear_eval.py:tiny,variant=MA", {"model.variant": "MA-tiny", "evals.linear.num_classes": 12}),
+    ("configs/tubevit/kinetics.py:tiny,steps=300000,batch=256", {"total_steps": 300_000, "input.batch_size": 256}),
+    ("configs/tubevit/kinetics.py:tiny,frames=64,tubes=table3,image_weight=0.5",
+     {"input.num_frames": 64, "model.tubes": "table3", "input.mixture.images.weight": 0.5, "model.variant": "tiny"}),
+    ("configs/tubevit/finetune.py:tiny,steps=5,batch=8,frames=8",
+     {"total_steps": 5, "input.batch_size": 8, "input.num_frames": 8, "model.variant": "tiny"}),
+    ("configs/svitt/pretrain.py:tiny,steps=4800", {"total_steps": 4800, "input.batch_size": 32}),
+    ("configs/svitt/retrieval.py:tiny,steps=9,frames=8", {"total_steps": 9, "input.num_frames": 8}),
+    ("configs/svitt/retrieval.py:dataset=tiny", {"total_steps": 400, "input.num_frames": 4}),
+    ("configs/svitt/qa.py:tiny,steps=2400,frames=1", {"total_steps": 2400, "input.num_frames": 1}),
 ])
-def test_an_explicit_arg_is_never_replaced_by_the_tiny_form(spec, steps, batch):
+def test_an_explicit_arg_is_never_replaced_by_the_tiny_form(spec, want):
   import os  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = config_lib.load_config(os.path.join(root, spec))
-  assert (config.total_steps, config.input.batch_size) == (steps, batch)
+  assert {path: _at(config, path) for path in want} == want
+
+
+def test_every_config_file_has_one_tiny_block_and_no_tiny_ternaries():
+  import glob  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  paths = glob.glob(os.path.join(root, "configs", "**", "*.py"), recursive=True)
+  assert paths
+  for path in paths:
+    code = open(path).read()
+    assert len(re.findall(r"^  if (a\.)?tiny:", code, re.M)) == 1, path
+    # (forwarding the flag to a base config, `",tiny" if tiny else ""`, is not a tiny value)
+    assert not re.search(r"[^\"'] if (not )?(a\.)?tiny else\b", code), path

@@ -41,3 +41,18 @@ def test_bad_model_config_is_named(cfg, match):
 def test_plain_turns_configdicts_and_lists_into_dicts_and_tuples():
   cfg = ml_collections.ConfigDict(dict(a=[1, [2, 3]], b=dict(c=[4])))
   assert common.plain(cfg) == {"a": (1, (2, 3)), "b": {"c": (4,)}}
+
+
+def test_every_family_with_from_config_has_tiny():
+  """`tiny` is the CPU size of every family, the same name everywhere (configs' tiny forms select it)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  import pkgutil  # pylint: disable=g-import-not-at-top
+  import vlm.models  # pylint: disable=g-import-not-at-top
+  families = []
+  for info in pkgutil.iter_modules(vlm.models.__path__):
+    module = importlib.import_module(f"vlm.models.{info.name}")
+    if hasattr(getattr(module, "Model", None), "from_config"):
+      families.append(info.name)
+      assert "tiny" in module.SIZES, info.name
+      common.parse_variant("tiny", module.SIZES, family=info.name)
+  assert {"vatt", "tubevit"} <= set(families)

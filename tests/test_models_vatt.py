@@ -2,24 +2,58 @@
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from vlm.models import vatt
 
-TINY = vatt.SIZES["T"]
+TINY = vatt.TOWER_SIZES["tiny"]
 
 
-def test_decode_variant():
-  assert vatt.decode_variant("BBS") == (False, {"video": vatt.SIZES["B"], "audio": vatt.SIZES["B"],
-                                                "text": vatt.SIZES["S"]})
-  assert vatt.decode_variant("lbs")[1]["video"] == vatt.SIZES["L"]
-  assert vatt.decode_variant("MA") == (True, {"shared": vatt.SIZES["M"]})
-  assert vatt.decode_variant("MA-B") == (True, {"shared": vatt.SIZES["B"]})
-  assert vatt.decode_variant("MBS", tiny=True)[1] == {m: TINY for m in vatt.MODALITIES}
-  for bad in ("BB", "BXS", "MA-Q"):
-    with pytest.raises(ValueError, match="variant"):
-      vatt.decode_variant(bad)
+def _config(**model):
+  return ml_collections.ConfigDict(dict(model=dict(name="vatt", **model),
+                                        input=dict(num_frames=8, crop_size=32, fps=10.0, audio_sample_rate=3200)))
+
+
+def test_variants_name_tower_sizes():
+  assert {k: tuple(v[f"{m}_size"] for m in vatt.MODALITIES) for k, v in vatt.SIZES.items()
+          if not v["modality_agnostic"]} == {"BBS": ("B", "B", "S"), "MBS": ("M", "B", "S"),
+                                               "LBS": ("L", "B", "S"), "tiny": ("tiny",) * 3}
+  assert vatt.tower_sizes(vatt.Model(**vatt.SIZES["MA"])) == {m: vatt.TOWER_SIZES["M"] for m in vatt.MODALITIES}
+  assert vatt.tower_sizes(vatt.Model()) == vatt.tower_sizes(vatt.Model(**vatt.SIZES["BBS"]))  # defaults: BBS
+  model = vatt.Model.from_config(_config(variant="MA-B"))
+  assert model.modality_agnostic and model.video_size == "B"
+  # Another combination: a variant and its tower sizes by field name.
+  model = vatt.Model.from_config(_config(variant="BBS", text_size="B"))
+  assert (model.video_size, model.audio_size, model.text_size) == ("B", "B", "B")
+  with pytest.raises(ValueError, match="tower sizes must agree"):
+    vatt.tower_sizes(vatt.Model(**{**vatt.SIZES["MA"], "text_size": "S"}))
+  with pytest.raises(ValueError, match=r"config.model.video_size='X'"):
+    vatt.tower_sizes(vatt.Model(video_size="X"))
+
+
+@pytest.mark.parametrize("model,match", [
+    (dict(variant="BXS"), r"config.model.variant='BXS': vatt has no size 'BXS'; expected one of \['BBS'"),
+    (dict(variant="tiny", vocab_size=50), r"config.model.vocab_size: not a field of vlm.models.vatt.Model"),
+    (dict(variant="tiny", tiny=True), r"config.model.tiny: not a field"),
+    (dict(variant="BBS/16"), r"vatt variants take no '/<patch>'"),
+])
+def test_from_config_names_a_bad_key_before_building(model, match):
+  """Errors come from from_config itself: no module is initialised, nothing is traced or compiled."""
+  for build in (vatt.Model.from_config, vatt.build_backbone):
+    with pytest.raises(ValueError, match=match):
+      build(_config(**model))
+
+
+def test_backbone_takes_the_video_fields_of_a_pretraining_model_config():
+  config = _config(variant="MA-tiny", text_vocab_size=50, droptoken_rate=0.25, video_patch_size=(2, 8, 8))
+  backbone = vatt.build_backbone(config)
+  assert (backbone.modality_agnostic, backbone.video_size, backbone.droptoken_rate) == (True, "tiny", 0.25)
+  assert backbone.video_pos_buckets == (4, 4, 4)  # 8 x 32 x 32 in 2 x 8 x 8 tubelets
+  config.model.video_pos_buckets = (4, 6, 6)  # kept (B.5: the pre-training buckets, resampled on the fly)
+  assert vatt.build_backbone(config).video_pos_buckets == (4, 6, 6)
+  assert vatt.build_backbone(_config(variant="tiny")).droptoken_rate == 0.0  # the backbone's own default
 
 
 # Exact counts of our video towers (tubelet Conv3D 4x16x16 + 8+14+14 positional tables and their LayerNorm +
@@ -32,14 +66,14 @@ GOLDEN = {"S": (20_508_672, 18_915_328), "B": (87_446_016, 85_056_000), "M": (15
 
 @pytest.mark.parametrize("size", ["S", "B", "M", "L"])
 def test_parameter_counts_vs_table1(size):
-  tower = vatt.Tower("video", vatt.SIZES[size], patch_size=(4, 16, 16), pos_buckets=(8, 14, 14), scan=True)
+  tower = vatt.Tower("video", vatt.TOWER_SIZES[size], patch_size=(4, 16, 16), pos_buckets=(8, 14, 14), scan=True)
   params = jax.eval_shape(tower.init, jax.random.PRNGKey(0),
                           jax.ShapeDtypeStruct((1, 32, 224, 224, 3), jnp.float32))["params"]  # no allocation
   total, encoder = vatt.count_params(params), vatt.count_params(params["encoder"])
   assert (total, encoder) == GOLDEN[size]
   assert abs(total - vatt.TABLE1_PARAMS[size]) / vatt.TABLE1_PARAMS[size] < 0.02
   # Transformer alone: L * (4 d^2 + 2 d m + 9 d + m) + 2 d, i.e. 12 L d^2 to first order.
-  s = vatt.SIZES[size]
+  s = vatt.TOWER_SIZES[size]
   d, m = s.hidden_size, s.mlp_dim
   assert encoder == s.num_layers * (4 * d * d + 2 * d * m + 9 * d + m) + 2 * d
 
@@ -121,10 +155,11 @@ def _inputs(b=2, k=2):
 
 
 def test_modality_agnostic_shares_one_backbone():
-  kw = dict(tiny=True, video_pos_buckets=(1, 2, 2), audio_pos_buckets=(6,), vocab_size=50, scan=True)
+  kw = dict(video_pos_buckets=(1, 2, 2), audio_pos_buckets=(6,), text_vocab_size=50, scan=True)
   inputs = _inputs()
   shapes = lambda model: jax.eval_shape(lambda r: model.init(r, *inputs), jax.random.PRNGKey(0))["params"]
-  ma, specific = shapes(vatt.Model(variant="MA", **kw)), shapes(vatt.Model(variant="BBS", **kw))
+  ma = shapes(vatt.Model(**vatt.SIZES["MA-tiny"], **kw))
+  specific = shapes(vatt.Model(**vatt.SIZES["tiny"], **kw))
   assert "backbone" in ma and "backbone" not in specific
   for m in vatt.MODALITIES:
     assert "encoder" not in ma[m] and "encoder" in specific[m]
@@ -134,7 +169,7 @@ def test_modality_agnostic_shares_one_backbone():
   assert vatt.count_params(specific["video"]["encoder"]) == enc
   assert vatt.tower_params(ma, "video") == vatt.count_params(ma["video"]) + enc
 
-  model = vatt.Model(variant="MA", **kw)
+  model = vatt.Model(**vatt.SIZES["MA-tiny"], **kw)
   variables = numpy_init(model, *inputs)
   embed_text = jax.jit(lambda v: model.apply(v, inputs[2][:, 0], inputs[3][:, 0], method=vatt.Model.embed_text))
   scale = lambda tree: jax.tree_util.tree_map(lambda x: 2.0 * x, tree)

@@ -47,7 +47,7 @@ def _hf_hidden(model, images):
 
 
 def _ours(vit, images, *, tubes=IMAGE_TUBE, base_kernel=(1, PATCH, PATCH), frames=1, scan=False):
-  model = tubevit.Model(variant="tiny", tubes=tubes, base_kernel=base_kernel, posemb="learned", pool="cls",
+  model = tubevit.Model(**tubevit.SIZES["tiny"], tubes=tubes, base_kernel=base_kernel, posemb="learned", pool="cls",
                         scan=scan)
   video = np.repeat(images[:, None], frames, axis=1)
   params = model.init(jax.random.key(1), jnp.asarray(video[:1]))["params"]
@@ -106,7 +106,7 @@ def test_inflate_patch_kernel_keeps_the_response_to_constant_input():
 def test_mismatches_name_the_parameter(hf_vit):
   _, path = hf_vit
   vit = vit_checkpoints.read_vit(path)
-  small = tubevit.Model(variant="tiny", tubes=IMAGE_TUBE, base_kernel=(1, PATCH, PATCH), posemb="learned")
+  small = tubevit.Model(**tubevit.SIZES["tiny"], tubes=IMAGE_TUBE, base_kernel=(1, PATCH, PATCH), posemb="learned")
   params = small.init(jax.random.key(0), jnp.zeros((1, 1, 40, 40, 3)))["params"]  # 25 tokens, not 16
   params = jax.tree.map(lambda p: getattr(p, "value", p), params, is_leaf=lambda p: hasattr(p, "value"))
   with pytest.raises(ValueError, match="position table.*pos_embedding"):

@@ -10,7 +10,7 @@ from vlm.tasks import classification
 
 def _config(**task):
   return ml_collections.ConfigDict(dict(
-      model=dict(name="tubevit", tiny=True, pool="gap", base_kernel=(1, 4, 4),
+      model=dict(name="tubevit", variant="tiny", pool="gap", base_kernel=(1, 4, 4),
                  tubes=[dict(kernel=(1, 4, 4), stride=(1, 4, 4))]),
       task=dict(name="classification", heads={"videos": 3, "images": 5}, head_init="xavier", **task),
       input=dict(num_frames=2, crop_size=8, batch_size=4)))
@@ -79,6 +79,13 @@ def test_soft_targets_and_errors():
   bad.task.heads = {"videos": 0}
   with pytest.raises(ValueError, match=r"heads\['videos'\] = 0"):
     classification.Task(bad)
+  bad = _config(label_smothing=0.1)
+  with pytest.raises(ValueError, match="config.task.label_smothing: not an option of the classification task"):
+    classification.Task(bad)
+  bad = _config()
+  bad.model.widht = 3
+  with pytest.raises(ValueError, match="config.model.widht: not a field of vlm.models.tubevit.Model"):
+    classification.Task(bad)
 
 
 @pytest.mark.parametrize("dataset", ["charades", "ssv2"])
@@ -97,7 +104,7 @@ def test_tubevit_finetune_configs_build(dataset):
   assert ("mixup(alpha=0.3" in config.input.batch_pp) == (dataset == "ssv2")
   pp_lib.build(config.input.batch_pp or None)
   with config.unlocked():
-    config.model.tiny = True
+    config.model.variant = "tiny"
     config.input.num_frames, config.input.crop_size = 32, 64  # the dataset's own tubes still fit
   task = classification.Task(config)
   batch = task.dummy_batch(2)

@@ -16,7 +16,7 @@ from vlm.train import init as init_lib
 
 def tiny_config(**model):
   c = ml_collections.ConfigDict()
-  c.model = {**dict(name="vatt", variant="BBS", tiny=True, text_vocab_size=50, dropout_rate=0.0,
+  c.model = {**dict(name="vatt", variant="tiny", text_vocab_size=50, dropout_rate=0.0,
                     attention_dropout_rate=0.0, scan=True), **model}
   c.task = dict(name="contrastive", va_weight=1.0, vt_weight=1.0, temperature=0.07)
   c.input = dict(num_frames=8, crop_size=32, fps=10.0, audio_sample_rate=3200, num_captions=2, max_text_len=6)
@@ -44,34 +44,39 @@ def test_config_fields_and_dummy_batch():
       "audio_mask": ((3,), np.float32), "text": ((3, 2, 6), np.int32), "text_mask": ((3, 2, 6), np.int32)}
   assert task.model.video_pos_buckets == (2, 2, 2) and task.model.audio_pos_buckets == (20,)
   # Defaults reproduce VATT pre-training: 32x224x224 at 10 fps, 48 kHz audio, 4x16x16 and 128-sample patches.
-  c = ml_collections.ConfigDict({"model": {"name": "vatt"}})
-  kw = vatt.model_kwargs(c)
-  assert kw["video_pos_buckets"] == (8, 14, 14) and kw["audio_pos_buckets"] == (1200,)
-  assert kw["variant"] == "BBS" and kw["droptoken_rate"] == 0.5 and kw["vocab_size"] == 2 ** 16
-  assert vatt.input_shapes(c)["audio"] == (153_600,)
-  c.input = {"fps": None, "audio_samples": 1000}  # stride-based sampling: the audio length must be given
-  assert vatt.input_shapes(c)["audio"] == (1000,)
-  c.input.audio_samples = 0
+  c = ml_collections.ConfigDict({"model": {"name": "vatt", "variant": "BBS"}})
+  model = vatt.Model.from_config(c)
+  assert model.video_pos_buckets == (8, 14, 14) and model.audio_pos_buckets == (1200,)
+  assert (model.video_size, model.audio_size, model.text_size) == ("B", "B", "S")
+  assert model.droptoken_rate == 0.5 and model.text_vocab_size == 2 ** 16
+  assert vatt.input_shapes(None)["audio"] == (153_600,)
+  inp = {"fps": None, "audio_samples": 1000}  # stride-based sampling: the audio length must be given
+  assert vatt.input_shapes(inp)["audio"] == (1000,)
   with pytest.raises(ValueError, match="audio"):
-    vatt.input_shapes(c)
-  del c["input"]
+    vatt.input_shapes({**inp, "audio_samples": 0})
   c.model.spectrogram = True
-  assert vatt.model_kwargs(c)["audio_pos_buckets"] == (152 // 16, 80 // 5)
-  c.model.update(spectrogram=False, modality_agnostic=True, variant="B")
-  assert vatt.model_kwargs(c)["variant"] == "MA-B"
-  c.model.variant = "BBS"
-  with pytest.raises(ValueError, match="modality_agnostic"):
-    vatt.model_kwargs(c)
+  assert vatt.Model.from_config(c).audio_pos_buckets == (152 // 16, 80 // 5)
+  c.model.update(spectrogram=False, variant="MA-B")
+  assert vatt.Model.from_config(c).modality_agnostic
+  # config.task: its fields are the objective's; an unknown one is named.
+  bad = tiny_config()
+  bad.task.va_wieght = 1.0
+  with pytest.raises(ValueError, match="config.task.va_wieght: not an option of the contrastive task"):
+    contrastive.Task(bad)
+  bad = tiny_config()
+  bad.task.update(va_weight=0.0, vt_weight=0.0)
+  with pytest.raises(ValueError, match="must be positive"):
+    contrastive.Task(bad)
 
 
-@pytest.mark.parametrize("variant", ["BBS", "MA"])
+@pytest.mark.parametrize("variant", ["tiny", "MA-tiny"])
 def test_init_variables_shard_under_every_preset(variant):
   task = contrastive.Task(tiny_config(variant=variant))
   abstract = jax.eval_shape(task.init_variables, jax.random.key(0), task.dummy_batch(2))  # boxed, no FLOPs
   assert set(abstract) == {"params", "batch_stats"}
   logical = partitioning.logical_specs(abstract)
   specs = flax.traverse_util.flatten_dict(logical["params"], sep="/")
-  assert tuple(specs[f"{'backbone' if variant == 'MA' else 'video/encoder'}/encoderblock/mlp/wi/kernel"]) == (
+  assert tuple(specs[f"{'backbone' if variant == 'MA-tiny' else 'video/encoder'}/encoderblock/mlp/wi/kernel"]) == (
       "layers", "embed", "mlp")
   assert tuple(specs["text/tokenizer/embedding"]) == ("vocab", None)
   assert tuple(specs["head/vid_to_hid/kernel"]) == ("embed", "proj")

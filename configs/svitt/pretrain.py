@@ -48,76 +48,54 @@ BUILTIN_TEXT = dict(mask_id=4, special_ids=(0, 1, 2, 3, 4), first_regular_id=5)
 BERT_TEXT = dict(mask_id=103, special_ids=(0, 100, 101, 102, 103), first_regular_id=999)
 
 
+def _retrieval_pp(frames: int, view: str, text_len: int) -> str:
+  """Evaluation views: the middle frame of each of `frames` chunks, `view` (crop / resize), the first caption."""
+  return (f"sample_segments({frames}, random=False)|{view}|normalize(-1, 1)|sample_captions(1, random=False)"
+          f"|tokenize({text_len}, bos=True, eos=True)|keep('video', 'text', 'text_mask')")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_lib.parse_arg(arg, frames=4, dense=False, tiny=False, steps=0)
   if not a.tiny and a.frames not in TABLE_A4:
     raise ValueError(f"frames={a.frames}: table A4 has 4, 8 and 16 (the tiny config takes any).")
   row = TABLE_A4.get(a.frames, TABLE_A4[4])
-  batch = row["batch"] if not a.tiny else 32
-  steps_per_epoch = WEBVID_PAIRS // batch
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = a.steps or (10 * steps_per_epoch if not a.tiny else 1200)
-  c.log_every_steps = 100 if not a.tiny else 50
-  c.checkpoint_every_steps = 5000 if not a.tiny else 400
-  c.keep_checkpoints = 3
-  c.init = config_lib.init_block()  # config.init.path: a workdir / checkpoint (or weights file) to start from
+  steps_per_epoch = WEBVID_PAIRS // row["batch"]
+  c = config_lib.experiment(total_steps=a.steps or 10 * steps_per_epoch)  # config.init: see the model block
 
   # --- Input: sparse frame sampling (A.3), one caption per clip, [CLS] caption [SEP] of 32 tokens.
   c.input = ml_collections.ConfigDict()
-  # tiny: 16 frames at `fps` (10: 1.6 s clips; configs/svitt/README.md's table-A8 rows also try 5), 2048 train / 512 test clips;
-  # the table-A8 rows also add colour changes (`--config.input.data.options.colour_change=0.5`: a frame-order
-  # signal simpler than the motion's sign; vlm/data/builtin.py).
-  builtin = dict(num_train=2048, num_test=512, num_images=64, num_frames=16, fps=10.0, sample_rate=16_000,
-                 colour_change=0.0)
-  c.input.data = (dict(name="builtin", split="train", options=builtin) if a.tiny
-                  else dict(name="records", split="train", files="WEBVID2M/train-*.tfrecord"))
-  c.input.batch_size = batch
-  c.input.shuffle_buffer = 4096 if not a.tiny else 512
+  c.input.data = dict(name="records", split="train", files="WEBVID2M/train-*.tfrecord")
+  c.input.batch_size = row["batch"]
+  c.input.shuffle_buffer = 4096
   c.input.num_frames = a.frames
-  c.input.crop_size = 224 if not a.tiny else 32
-  c.input.max_text_len = 32 if not a.tiny else 16
-  # WordPiece with BERT's vocab for real data; the built-in dataset's own vocab.txt (whole words) for tiny.
-  c.input.tokenizer = (dict(kind="words", vocab_file=None) if a.tiny
-                       else dict(kind="wordpiece", vocab_file="BERT_BASE_UNCASED/vocab.txt"))
-  c.input.host_split = "examples" if a.tiny else "files"
-  crop = c.input.crop_size
-  # tiny: whole 64x64 frames resized to 32 (crops would cut the moving object out; see configs/tubevit)
-  augment = (f"decode()|resize({crop})" if a.tiny
-             else f"random_resized_crop({crop}, area=(0.5, 1.0))|flip()")
-  text = f"sample_captions(1)|tokenize({c.input.max_text_len}, bos=True, eos=True)"
-  c.input.pp = (f"sample_segments({a.frames})|{augment}|normalize(-1, 1)|{text}"
-                "|keep('video', 'text', 'text_mask')")
+  c.input.crop_size = 224
+  c.input.max_text_len = 32
+  c.input.tokenizer = dict(kind="wordpiece", vocab_file="BERT_BASE_UNCASED/vocab.txt")  # BERT's vocabulary
+  c.input.host_split = "files"
+  augment = f"random_resized_crop({c.input.crop_size}, area=(0.5, 1.0))|flip()"
 
   # --- Model (A.1). Every field is documented in vlm/tasks/matching.py.
   c.model = ml_collections.ConfigDict()
   c.model.name = "svitt"
-  c.model.size = "tiny" if a.tiny else "base"
+  c.model.size = "base"
   c.model.vocab_size = config_dict.placeholder(int)  # None: the size's (BERT 30522; tiny 160)
   c.model.vision_layers = config_dict.placeholder(int)  # None: the size's (12 / tiny 4)
   c.model.patch_size = config_dict.placeholder(int)  # None: the size's (16 / tiny 8)
   c.model.text_layers = config_dict.placeholder(int)  # None: 9 / tiny 2
   c.model.fusion_layers = config_dict.placeholder(int)  # None: 3 / tiny 2
   c.model.attention = "dense" if a.dense else "block_sparse"
-  # tiny: 16 tokens per frame, blocks of 8 (half a frame) keep the table's 1 local + 3 random blocks meaningful
-  c.model.block_size = 56 if not a.tiny else 8
+  c.model.block_size = 56
   c.model.local_blocks = 1
   c.model.random_blocks = 3
   c.model.block_eval_seed = 0
   c.model.token_order = "raster"
-  q_v, q_m = (1.0, 1.0) if a.dense else row["keep"]
-  if a.tiny and not a.dense:
-    q_v, q_m = 0.7, 0.5  # 64 tokens at T=4: 0.7 per pruning; q_m 0.1 would leave 2 tokens for the fusion
-  c.model.visual_keep_rate = q_v
-  c.model.visual_prune_after = (4, 7, 10) if not a.tiny else (2, 3)
-  c.model.multimodal_keep_rate = q_m
+  c.model.visual_keep_rate, c.model.multimodal_keep_rate = (1.0, 1.0) if a.dense else row["keep"]
+  c.model.visual_prune_after = (4, 7, 10)
   c.model.multimodal_prune_after = (1,)
-  # BEiT-B/16 has relative biases only. The tiny model trains from scratch, and with a learned absolute table as
-  # well it read the frame order better (tiny QA 59.8% vs 54.1%, retrieval shuffled-frame drop 1.1 vs 0 R_mean).
-  c.model.absolute_positions = a.tiny
-  c.model.drop_path_rate = 0.1 if not a.tiny else 0.0
-  c.model.dropout_rate = 0.1 if not a.tiny else 0.0
-  c.model.attention_dropout_rate = 0.1 if not a.tiny else 0.0
+  c.model.absolute_positions = False  # BEiT-B/16 has relative biases only
+  c.model.drop_path_rate = 0.1
+  c.model.dropout_rate = 0.1
+  c.model.attention_dropout_rate = 0.1
   c.model.embed_dim = 256
   c.model.decoder_layers = 0
   # config.init.options (read by vlm/models/svitt.py `load`): the checkpoint's frame count for temporal
@@ -126,8 +104,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.init.options.beit = config_dict.placeholder(str)
   c.init.options.bert = config_dict.placeholder(str)
   c.model.dtype = "float32"
-  if a.tiny and a.frames * (crop // 8) ** 2 < 4 * c.model.block_size:
-    c.model.attention = "dense"  # fewer than K_l + K_r blocks (e.g. the 1-frame baseline): nothing to sparsify
 
   # --- Objective (A.3): equal weights.
   c.task = ml_collections.ConfigDict()
@@ -137,44 +113,62 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.mlm_weight = 1.0
   c.task.temperature = 0.07
   c.task.learn_temperature = True
-  # tiny: uniform negatives (eq. 14 as written). The built-in captions repeat across clips (60 shape x colour x
-  # direction combinations), so the hardest in-batch negative is often a true match: with hard negatives the
-  # tiny VTM stayed at its prior (accuracy 0.667), with uniform ones it reached 0.89.
-  c.task.hard_negatives = not a.tiny
-  c.task.mlm_probability = 0.5 if not a.tiny else 0.3
-  for k, v in (BUILTIN_TEXT if a.tiny else BERT_TEXT).items():
-    c.task[k] = v
+  c.task.hard_negatives = True
+  c.task.mlm_probability = 0.5
+  c.task.update(BERT_TEXT)
 
-  # --- Optimisation (table A4): AdamW, 1 warm-up epoch, cosine, weight decay 0.02.
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.lr = row["lr"] if not a.tiny else 5e-4
-  c.optim.b1, c.optim.b2 = 0.9, 0.999
-  c.optim.weight_decay = 0.02
-  c.optim.grad_clip_norm = config_dict.placeholder(float)
-  c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=steps_per_epoch if not a.tiny else 100, end_lr=0.0)
+  # --- Optimisation (table A4): AdamW (0.9, 0.999), 1 warm-up epoch, cosine, weight decay 0.02.
+  c.optim = config_lib.optimizer("adamw", row["lr"], weight_decay=0.02, warmup_steps=steps_per_epoch, end_lr=0.0,
+                                 b1=0.9, b2=0.999)
+  config_lib.parallelism(c)
 
-  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-  c.sharding = "dp"
-  c.sharding_rules = None
-
-  # --- Zero-shot retrieval: VTC ranking, VTM re-ranking of the top k (A.3, k_test 128), shuffled-frame probe.
+  # --- Zero-shot retrieval on MSR-VTT 1k-A: VTC ranking, VTM re-ranking of the top k (A.3, k_test 128),
+  # shuffled-frame probe.
   c.evals = ml_collections.ConfigDict()
   c.evals.retrieval = dict(
-      type="retrieval",
-      every_steps=None if a.tiny else 20_000,
-      rerank_k=128 if not a.tiny else 16,
-      rerank_batch=256,
-      shuffle_frames=True,
-      max_examples=0,
-      input=dict(
-          data=dict(split="test") if a.tiny else dict(name="records", split="test",
-                                                      files="MSRVTT_1KA/test-*.tfrecord"),
-          batch_size=64,
-          pp=(f"sample_segments({a.frames}, random=False)"
-              + (f"|decode()|resize({crop})" if a.tiny else f"|center_crop({crop}, resize_smallest={crop})")
-              + f"|normalize(-1, 1)|sample_captions(1, random=False)"
-              f"|tokenize({c.input.max_text_len}, bos=True, eos=True)|keep('video', 'text', 'text_mask')"),
-      ),
-  )
+      type="retrieval", every_steps=20_000, rerank_k=128, rerank_batch=256, shuffle_frames=True, max_examples=0,
+      input=dict(data=dict(name="records", split="test", files="MSRVTT_1KA/test-*.tfrecord"), batch_size=64,
+                 pp=_retrieval_pp(a.frames, f"center_crop({c.input.crop_size}, resize_smallest={c.input.crop_size})",
+                                  c.input.max_text_len)))
+
+  if a.tiny:  # CPU-sized model and data (vlm/tasks/matching.py SIZES['tiny']), ~6 min on 2 cores
+    if not a.steps:
+      c.total_steps = 1200
+    c.log_every_steps, c.checkpoint_every_steps = 50, 400
+    # 16 frames at `fps` (10: 1.6 s clips; configs/svitt/README.md's table-A8 rows also try 5), 2048 train / 512
+    # test clips; the table-A8 rows also add colour changes (`--config.input.data.options.colour_change=0.5`: a
+    # frame-order signal simpler than the motion's sign; vlm/data/builtin.py).
+    c.input.data = dict(name="builtin", split="train",
+                        options=dict(num_train=2048, num_test=512, num_images=64, num_frames=16, fps=10.0,
+                                     sample_rate=16_000, colour_change=0.0))
+    c.input.batch_size, c.input.shuffle_buffer, c.input.host_split = 32, 512, "examples"
+    c.input.crop_size, c.input.max_text_len = 32, 16
+    c.input.tokenizer = dict(kind="words", vocab_file=None)  # the built-in dataset's vocab.txt (whole words)
+    augment = f"decode()|resize({c.input.crop_size})"  # whole 64x64 frames (crops cut the moving object out)
+    c.model.size = "tiny"
+    c.model.block_size = 8  # 16 tokens per frame: half-frame blocks keep 1 local + 3 random blocks meaningful
+    if not a.dense:
+      c.model.visual_keep_rate, c.model.multimodal_keep_rate = 0.7, 0.5  # 64 tokens at T=4; 0.1 would leave 2
+    c.model.visual_prune_after = (2, 3)
+    # Trained from scratch, the model read the frame order better with a learned absolute table as well (tiny QA
+    # 59.8% vs 54.1%, retrieval shuffled-frame drop 1.1 vs 0 R_mean).
+    c.model.absolute_positions = True
+    c.model.drop_path_rate = c.model.dropout_rate = c.model.attention_dropout_rate = 0.0
+    if a.frames * (c.input.crop_size // 8) ** 2 < 4 * c.model.block_size:
+      c.model.attention = "dense"  # fewer than K_l + K_r blocks (e.g. the 1-frame baseline): nothing to sparsify
+    # Uniform negatives (eq. 14 as written): the built-in captions repeat across clips (60 shape x colour x
+    # direction combinations), so the hardest in-batch negative is often a true match: with hard negatives the
+    # tiny VTM stayed at its prior (accuracy 0.667), with uniform ones it reached 0.89.
+    c.task.hard_negatives = False
+    c.task.mlm_probability = 0.3
+    c.task.update(BUILTIN_TEXT)
+    c.optim.lr, c.optim.schedule.warmup_steps = 5e-4, 100
+    c.evals.retrieval.update(every_steps=None, rerank_k=16)
+    c.evals.retrieval.input.data = dict(split="test")
+    c.evals.retrieval.input.pp = _retrieval_pp(a.frames, f"decode()|resize({c.input.crop_size})",
+                                               c.input.max_text_len)
+
+  text = f"sample_captions(1)|tokenize({c.input.max_text_len}, bos=True, eos=True)"
+  c.input.pp = (f"sample_segments({a.frames})|{augment}|normalize(-1, 1)|{text}"
+                "|keep('video', 'text', 'text_mask')")
   return c

@@ -14,7 +14,7 @@ Tiny run on one CPU: the tiny joint run's backbone fine-tuned on the built-in da
 `init.path` is the joint K600 + ImageNet run of configs/tubevit/kinetics.py: its backbone is loaded, the new
 dataset gets a fresh head (`config.init.assignment_map` keeps every `head_*` fresh). Arguments (`FILE:ARG`):
 dataset ('charades' | 'ssv2'); size ('B' | 'L' | 'H'); batch; steps; frames; tiny (the model, data and
-evaluation of configs/tubevit/kinetics.py:tiny on its videos alone).
+evaluation of configs/tubevit/kinetics.py:tiny on its videos alone; explicit batch, steps and frames kept).
 
 Table 1 settings:
   charades  Adam, batch 64, lr 1e-3, cosine after 10k warmup steps, 300k steps, 128 frames at 6 fps, RandAugment
@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 
 import ml_collections
-from ml_collections import config_dict
 
 from vlm import config_lib
 
@@ -50,15 +49,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   d = DATASETS[a.dataset]
   multilabel = a.dataset == "charades"
   frames, crop = a.frames or d["frames"], 224
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_steps = a.steps
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 5000
-  c.keep_checkpoints = 3
+  c = config_lib.experiment(total_steps=a.steps)
   # config.init.path: the joint K600 + ImageNet run; its backbone loads as it is and the heads of the new
   # dataset start fresh.
-  c.init = config_lib.init_block()
   c.init.assignment_map = ((r"head_.*", None),)
 
   c.input = ml_collections.ConfigDict()
@@ -79,7 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.name = "tubevit"
   c.model.variant = a.size
-  c.model.tiny = False
   c.model.base_kernel = (8, 8, 8)
   c.model.tubes = d["tubes"]
   c.model.posemb = "sincos"
@@ -97,16 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task.head_dropout = d["dropout"]
 
   large = a.size in ("L", "H")
-  c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adamw"
-  c.optim.lr = d["lr"]
-  c.optim.weight_decay = 1e-5 if large else 1e-3
-  c.optim.grad_clip_norm = config_dict.placeholder(float)
-  c.optim.schedule = dict(kind="warmup_cosine", warmup_steps=10_000, end_lr=0.0)
-
-  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-  c.sharding = "dp" if a.size == "B" else "fsdp"
-  c.sharding_rules = None
+  c.optim = config_lib.optimizer("adamw", d["lr"], weight_decay=1e-5 if large else 1e-3, warmup_steps=10_000,
+                                 end_lr=0.0)
+  config_lib.parallelism(c, sharding="fsdp" if large else "dp")
 
   # Multi-view evaluation: 4 clips x 3 crops of the short side resized to 256; Charades scored by mAP (table 4).
   eval_target, eval_key = ((f"multihot({d['classes']})", "labels") if multilabel
@@ -120,12 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  pp=(f"sample_multiclip(4, {frames}, fps={d['fps']})|three_crop({crop}, resize_smallest=256)"
                      f"|normalize(-1, 1)|{eval_target}|keep('video', '{eval_key}')")))
   if a.tiny:
-    # The tiny joint run's model and video data (configs/tubevit/kinetics.py:tiny), one head for its 12 classes.
-    base = config_lib.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics.py:tiny"))
+    # The tiny joint run's model and video data (configs/tubevit/kinetics.py:tiny, with the frames given here),
+    # one head for its 12 classes.
+    base_arg = "tiny" + (f",frames={a.frames}" if "frames" in a.explicit else "")
+    base = config_lib.load_config(os.path.join(os.path.dirname(os.path.abspath(__file__)), f"kinetics.py:{base_arg}"))
     videos = base.input.mixture.videos
     c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 300, 50, 300
     c.input.data = videos.data.to_dict()
-    c.input.batch_size, c.input.shuffle_buffer, c.input.host_split = 32, 512, "examples"
+    c.input.shuffle_buffer, c.input.host_split = 512, "examples"
+    if "batch" not in a.explicit:
+      c.input.batch_size = 32
     c.input.num_frames, c.input.crop_size = int(videos.num_frames), int(base.input.crop_size)
     c.input.pp, c.input.batch_pp = videos.pp, ""
     c.model = base.model.to_dict()

@@ -31,6 +31,12 @@ from vlm import config_lib
 NUM_CLASSES = {"ucf101": 101, "hmdb51": 51}
 
 
+def _views(frames: int, crop: int, classes: int, *, clips: int, stride: str, resize_smallest: int) -> str:
+  """Uniformly spaced clips, one centre crop each (the B.9 views), with the class label."""
+  return (f"sample_multiclip({clips}, {frames}{stride})|center_crop({crop}, resize_smallest={resize_smallest})"
+          f"|normalize(-1, 1)|label(num_classes={classes})|keep('video', 'label')")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   a = config_lib.parse_arg(arg, variant="BBS", dataset="ucf101", tiny=False)
   if a.dataset not in NUM_CLASSES:
@@ -39,16 +45,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = config_lib.load_config(f"{pretrain}:variant={a.variant}{',tiny' if a.tiny else ''}")
   c.unlock()
   frames, crop = c.input.num_frames, c.input.crop_size
-  classes = 12 if a.tiny else NUM_CLASSES[a.dataset]
-  label = f"label(num_classes={classes})"
-  clips = 4 if not a.tiny else 2
-  sampling = (f"sample_multiclip({clips}, {frames}, stride=2, fps=25.0)" if not a.tiny
-              else f"sample_multiclip({clips}, {frames})")
-  crop_op = (f"center_crop({crop}, resize_smallest=256)" if not a.tiny
-             else f"center_crop({crop}, resize_smallest={crop})")  # tiny: whole frames, as its pre-training eval
-  pp = f"{sampling}|{crop_op}|normalize(-1, 1)|{label}|keep('video', 'label')"
-  data = (dict(c.input.data) if a.tiny
-          else dict(name="records", files=f"{a.dataset.upper()}_SPLIT1/{{split}}-*.tfrecord"))
+  classes, clips, steps = NUM_CLASSES[a.dataset], 4, 50_000
+  # 4 clips of 32 frames, stride 2 at 25 fps, 224 centre crops of the short side resized to 256; split 1 records.
+  pp = _views(frames, crop, classes, clips=clips, stride=", stride=2, fps=25.0", resize_smallest=256)
+  data = dict(name="records", files=f"{a.dataset.upper()}_SPLIT1/{{split}}-*.tfrecord")
+  if a.tiny:  # the tiny pre-training's data: features of its train split, scored on its test split
+    classes, clips, steps = 12, 2, 3000
+    # Whole frames, as the tiny pre-training's evaluation.
+    pp = _views(frames, crop, classes, clips=clips, stride="", resize_smallest=crop)
+    data = dict(c.input.data)
 
   def split_input(split):
     d = dict(data, split=split)
@@ -65,8 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       standardize=True,
       train_input=split_input("train"),
       input=split_input("test"),
-      low_rank=dict(components=128, keep=0.1, lr=5e-4, batch_size=64, steps=50_000 if not a.tiny else 3000,
-                    weight_decay=0.0),
+      low_rank=dict(components=128, keep=0.1, lr=5e-4, batch_size=64, steps=steps, weight_decay=0.0),
       svm=dict(C=1.0, max_iters=500, tol=1e-6),
       seed=0,
       max_examples=0,

@@ -15,12 +15,11 @@ Pooling: 'cls' (the standard ViT the paper builds on; the CLS token gets a zero 
 (mean of the tube tokens). For image-ViT parity and checkpoints, `posemb='learned'` adds a ViT-style learned
 table over [CLS] + tokens (vlm/models/vit_checkpoints.py).
 
-Config fields (config.model), read by `build_backbone`:
-  name ['tubevit']; variant ['B'] ('B' | 'L' | 'H'); tiny [False] (the tiny size whatever the variant);
-  tubes ['table3'] (preset, table 5 notation or a list of dicts: vlm/nn/tubes.py `parse_tubes`);
-  base_kernel [(8, 8, 8)]; shared_kernel [True]; posemb ['sincos' | 'learned']; pool ['cls' | 'gap'];
-  dropout_rate [0.0]; attention_dropout_rate [0.0]; layer_norm_epsilon [1e-6] (HF ViT: 1e-12);
-  remat [False]; scan [False]; attention ['dense']; dtype ['float32'].
+Construction: `Model.from_config(config)` (and `build_backbone`, the classification task's entry) reads
+config.model, whose keys are the fields of `Model` below (an unknown key is an error naming it): name 'tubevit';
+variant 'B' | 'L' | 'H' | 'tiny' (SIZES); tubes, base_kernel, shared_kernel, posemb, pool, dropout_rate,
+attention_dropout_rate, layer_norm_epsilon, remat, scan, attention, dtype. Nothing is derived from config.input:
+the tubes tokenise clips of any length and size.
 """
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm.models import common
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import posemb as posemb_lib
@@ -39,17 +39,34 @@ from vlm.nn import transformer
 from vlm.nn import tubes as tubes_lib
 
 
-Size = transformer.Size
+def _size(num_layers: int, hidden_size: int, mlp_dim: int, num_heads: int) -> dict[str, int]:
+  return dict(num_layers=num_layers, hidden_size=hidden_size, mlp_dim=mlp_dim, num_heads=num_heads)
 
 
-SIZES = {"B": Size(12, 768, 3072, 12), "L": Size(24, 1024, 4096, 16), "H": Size(32, 1280, 5120, 16),
-         "tiny": Size(2, 64, 128, 2)}
+# `config.model.variant` -> Model fields: table 2's ViT sizes, and 'tiny' (ours) for CPU runs.
+SIZES = {"B": _size(12, 768, 3072, 12), "L": _size(24, 1024, 4096, 16), "H": _size(32, 1280, 5120, 16),
+         "tiny": _size(2, 64, 128, 2)}
 TABLE2_PARAMS = {"B": 86e6, "L": 307e6, "H": 632e6}
 
 
 class Model(nn.Module):
-  """TubeViT backbone: video [B, T, H, W, 3] -> (features [B, D], aux)."""
-  variant: str = "B"
+  """TubeViT backbone: video [B, T, H, W, 3] -> (features [B, D], aux). Defaults: TubeViT-B with table 3's tubes.
+
+  Attributes:
+    num_layers, hidden_size, mlp_dim, num_heads: the ViT (table 2; `variant` in a config picks a row of SIZES).
+    tubes: 'table3' | 'charades' | table 5 notation | a sequence of tubes (vlm/nn/tubes.py `parse_tubes`).
+    base_kernel: the shared kernel every tube's kernel is interpolated from (8, 8, 8; table 3).
+    shared_kernel: one kernel for all tubes (True, table 3) or one per tube.
+    posemb: 'sincos' (fixed 3-D, at the tube centres) or 'learned' (a ViT-style table, for image checkpoints).
+    pool: 'cls' or 'gap'.
+    dropout_rate, attention_dropout_rate: 0 (table 1: no dropout for Kinetics).
+    layer_norm_epsilon: 1e-6 (big_vision ViT; HF ViT checkpoints: 1e-12).
+    remat, scan, attention, dtype: Transformer options (dtype: computation dtype, e.g. 'bfloat16' in a config).
+  """
+  num_layers: int = 12
+  hidden_size: int = 768
+  mlp_dim: int = 3072
+  num_heads: int = 12
   tubes: Any = "table3"
   base_kernel: tuple[int, int, int] = (8, 8, 8)
   shared_kernel: bool = True
@@ -63,10 +80,17 @@ class Model(nn.Module):
   attention: str = "dense"
   dtype: Any = jnp.float32
 
-  def size(self) -> Size:
-    if self.variant not in SIZES:
-      raise ValueError(f"TubeViT variant={self.variant!r}; expected one of {sorted(SIZES)}.")
-    return SIZES[self.variant]
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Model":
+    """The backbone of config.model (see the module docstring).
+
+    Raises:
+      ValueError: naming an unknown variant or config.model key, before anything is built.
+    """
+    kwargs = common.model_kwargs(cls, config.model, sizes=SIZES, family="tubevit", patch_field=None)
+    if "tubes" in kwargs:
+      kwargs["tubes"] = _tube_spec(kwargs["tubes"])
+    return cls(**kwargs)
 
   def token_counts(self, shape) -> dict[str, int]:
     """Tokens per tube on a (T, H, W) input (vlm/nn/tubes.py), for the inspect tool."""
@@ -78,8 +102,7 @@ class Model(nn.Module):
       raise ValueError(f"posemb={self.posemb!r}; expected 'sincos' or 'learned'.")
     if self.pool not in ("cls", "gap"):
       raise ValueError(f"pool={self.pool!r}; expected 'cls' or 'gap'.")
-    size = self.size()
-    d = size.hidden_size
+    d = self.hidden_size
     x, aux = tubes_lib.SparseTubeTokenizer(tubes_lib.parse_tubes(self.tubes), d, tuple(self.base_kernel),
                                            self.shared_kernel, dtype=self.dtype, name="tubes")(video)
     b = x.shape[0]
@@ -99,7 +122,7 @@ class Model(nn.Module):
       x = x + table.astype(x.dtype)
     x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
     x, enc_aux = transformer.Encoder(
-        num_layers=size.num_layers, num_heads=size.num_heads, mlp_dim=size.mlp_dim,
+        num_layers=self.num_layers, num_heads=self.num_heads, mlp_dim=self.mlp_dim,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
         attention=self.attention, layer_norm_epsilon=self.layer_norm_epsilon, remat=self.remat,
         scan=self.scan, dtype=self.dtype, name="encoder")(x, train=train)
@@ -108,24 +131,12 @@ class Model(nn.Module):
 
 
 def build_backbone(config: ml_collections.ConfigDict) -> Model:
-  """The classification backbone from config.model (fields in the module docstring)."""
-  m = config.model
-  dtype = m.get("dtype", "float32")
-  return Model(
-      variant="tiny" if m.get("tiny", False) else m.get("variant", "B"),
-      tubes=_plain(m.get("tubes", "table3")),
-      base_kernel=tuple(m.get("base_kernel", (8, 8, 8))),
-      shared_kernel=bool(m.get("shared_kernel", True)),
-      posemb=m.get("posemb", "sincos"), pool=m.get("pool", "cls"),
-      dropout_rate=float(m.get("dropout_rate", 0.0)),
-      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.0)),
-      layer_norm_epsilon=float(m.get("layer_norm_epsilon", 1e-6)),
-      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)), attention=m.get("attention", "dense"),
-      dtype=jnp.dtype(dtype) if isinstance(dtype, str) else dtype)
+  """The classification backbone (vlm/tasks/classification.py): `Model.from_config`."""
+  return Model.from_config(config)
 
 
-def _plain(spec: Any) -> Any:
-  """ConfigDict / FieldReference-free tube spec (hashable for a flax field)."""
+def _tube_spec(spec: Any) -> Any:
+  """A tube spec as a hashable flax field: a string as it is, a sequence of tubes as a tuple of Tubes."""
   if isinstance(spec, str):
     return spec
   return tuple(tubes_lib.parse_tubes([dict(item) if hasattr(item, "items") else item for item in spec]))

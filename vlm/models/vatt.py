@@ -7,8 +7,8 @@ Per tower (`Tower`): tokenizer -> [GELU Dense pre-projection] -> factorised lear
 DropToken (training) -> learned aggregation token prepended -> pre-norm Transformer -> [GELU Dense
 post-projection]; the pooled feature is the aggregation token's output (token 0).
 
-* Modality-specific (`variant` 'BBS', 'MBS', 'LBS', or any three size letters for video-audio-text): each tower
-  has its own Transformer. The text tower follows the released T5-style encoder in using relative position
+* Modality-specific (`variant` 'BBS', 'MBS', 'LBS': video-audio-text tower sizes; other combinations set
+  `video_size` / `audio_size` / `text_size`): each tower has its own Transformer. The text tower follows the released T5-style encoder in using relative position
   biases (32 buckets, max distance 64, shared by all layers) instead of absolute positions; `text_posemb=
   'learned'` switches to a learned 1-D table. Unlike the release's T5 block, our text layers keep the common
   block (LayerNorm with bias, biased projections, logits scaled by d_kv**-0.5) so all towers share one layer
@@ -18,9 +18,11 @@ post-projection]; the pooled feature is the aggregation token's output (token 0)
   learned temporal buckets), aggregation token and GELU Dense post-projection to 1024-d
   (`vatt/modeling/backbones/unified/uvatt.py`). Modalities run in separate passes: no cross-modal attention.
 
-Sizes (appendix table 1; d_kv = 64 everywhere): Small 6L/512/2048/8H, Base 12L/768/3072/12H, Medium
-12L/1024/4096/16H, Large 24L/1024/4096/16H, plus 'T' (tiny: 2L/64/128/2H, d_kv 32) for CPU tests. `tiny=True`
-replaces every size of a variant by 'T'.
+Tower sizes (TOWER_SIZES, appendix table 1; d_kv = 64 everywhere): Small 6L/512/2048/8H, Base 12L/768/3072/12H,
+Medium 12L/1024/4096/16H, Large 24L/1024/4096/16H, plus 'tiny' (2L/64/128/2H, d_kv 32) for CPU runs. Variants
+(SIZES, `config.model.variant`): 'BBS', 'MBS', 'LBS', 'MA', 'MA-<S|B|L>', and 'tiny' / 'MA-tiny' (every tower
+tiny). `Model.from_config(config)` is the one construction path: config.model's keys are the fields of `Model`
+(an unknown key or variant is an error naming it), and the positional buckets come from config.input's clip.
 
 Parameter counts vs table 1 (tests/test_models_vatt.py checks them with jax.eval_shape). The table does not
 say what it counts. With a 4x16x16 tubelet tokenizer (3*4*16*16*d + d), the 8+14+14 positional tables, their
@@ -41,6 +43,7 @@ global arrays that is the global batch, as the release's cross-replica BN. Its s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -50,6 +53,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm.models import common
 from vlm.models.tokenizers import audio as audio_tok
 from vlm.models.tokenizers import text as text_tok
 from vlm.models.tokenizers import video as video_tok
@@ -64,44 +68,55 @@ from vlm.nn import transformer
 Size = transformer.Size
 
 
-# VATT appendix B.2, table 1. 'T' is ours (CPU tests).
-SIZES = {
+# Transformer sizes of one tower, VATT appendix B.2 table 1 (d_kv = 64 everywhere). 'tiny' is ours (CPU runs).
+TOWER_SIZES = {
     "S": Size(6, 512, 2048, 8),
     "B": Size(12, 768, 3072, 12),
     "M": Size(12, 1024, 4096, 16),
     "L": Size(24, 1024, 4096, 16),
-    "T": Size(2, 64, 128, 2),
+    "tiny": Size(2, 64, 128, 2),
 }
-SIZE_NAMES = {"S": "Small", "B": "Base", "M": "Medium", "L": "Large", "T": "Tiny"}
 # Table 1's parameter counts.
 TABLE1_PARAMS = {"S": 20.9e6, "B": 87.9e6, "M": 155.0e6, "L": 306.1e6}
 MODALITIES = ("video", "audio", "text")
 
 
-def decode_variant(variant: str, *, tiny: bool = False) -> tuple[bool, dict[str, Size]]:
-  """Decodes a variant string.
+def _specific(video: str, audio: str, text: str) -> dict[str, Any]:
+  return dict(modality_agnostic=False, video_size=video, audio_size=audio, text_size=text)
 
-  Args:
-    variant: three size letters for video, audio, text ('BBS', 'MBS', 'LBS'; letters S, B, M, L, T), or 'MA'
-      (modality-agnostic Medium) / 'MA-<letter>' (modality-agnostic of that size).
-    tiny: replace every size by 'T'.
 
-  Returns:
-    (modality_agnostic, sizes): sizes maps 'shared' (modality-agnostic) or each modality to its Size.
+def _agnostic(size: str) -> dict[str, Any]:
+  return dict(modality_agnostic=True, video_size=size, audio_size=size, text_size=size)
+
+
+# `config.model.variant` -> Model fields. The paper's models (section 4.1): video-audio-text tower sizes BBS, MBS,
+# LBS, and the modality-agnostic Medium (VATT-MA-Medium, 'MA'); 'MA-<size>' shares a Transformer of another size.
+# Any other combination: a variant and its `video_size` / `audio_size` / `text_size` set in config.model.
+SIZES = {
+    "BBS": _specific("B", "B", "S"),
+    "MBS": _specific("M", "B", "S"),
+    "LBS": _specific("L", "B", "S"),
+    "MA": _agnostic("M"),
+    **{f"MA-{size}": _agnostic(size) for size in ("S", "B", "L")},
+    "tiny": _specific("tiny", "tiny", "tiny"),
+    "MA-tiny": _agnostic("tiny"),
+}
+
+
+def tower_sizes(model: "Model | VideoBackbone") -> dict[str, Size]:
+  """The Transformer Size of each tower of `model` ({'video', 'audio', 'text'}; only 'video' for a backbone).
 
   Raises:
-    ValueError: on a malformed variant.
+    ValueError: on a size not in TOWER_SIZES, or a modality-agnostic model whose towers name different sizes
+      (they share one Transformer).
   """
-  v = variant.strip().upper()
-  if v == "MA" or v.startswith("MA-"):
-    letter = "M" if v == "MA" else v[3:]
-    if letter not in SIZES:
-      raise ValueError(f"Bad VATT variant {variant!r}: size {letter!r} not in {sorted(SIZES)}.")
-    return True, {"shared": SIZES["T" if tiny else letter]}
-  if len(v) != 3 or any(c not in SIZES for c in v):
-    raise ValueError(f"Bad VATT variant {variant!r}: expected three of {sorted(SIZES)} (video, audio, text), "
-                     "e.g. 'BBS', or 'MA' / 'MA-<size>'.")
-  return False, {m: SIZES["T" if tiny else c] for m, c in zip(MODALITIES, v)}
+  names = {m: getattr(model, f"{m}_size") for m in MODALITIES if hasattr(model, f"{m}_size")}
+  for modality, name in names.items():
+    if name not in TOWER_SIZES:
+      raise ValueError(f"config.model.{modality}_size={name!r}: expected one of {sorted(TOWER_SIZES)} (table 1).")
+  if model.modality_agnostic and len(set(names.values())) > 1:
+    raise ValueError(f"modality-agnostic VATT shares one Transformer, so its tower sizes must agree: {names}.")
+  return {m: TOWER_SIZES[name] for m, name in names.items()}
 
 
 def _agg_init(key, shape, dtype=jnp.float32):
@@ -284,19 +299,26 @@ class FACHead(nn.Module):
 class Model(nn.Module):
   """VATT: three towers and the FAC head.
 
+  `Model.from_config(config)` builds it from `config.model` (keys = these fields, `variant` a key of SIZES) with
+  the positional buckets derived from `config.input`. Defaults: VATT-BBS pre-training (appendix B).
+
   Attributes:
-    variant: 'BBS' | 'MBS' | 'LBS' | any three of S/B/M/L/T (video, audio, text) | 'MA' | 'MA-<size>'.
-    tiny: use the tiny size 'T' everywhere (CPU tests).
+    modality_agnostic: one Transformer shared by the three towers (VATT-MA) instead of one per tower.
+    video_size, audio_size, text_size: each tower's Transformer, a key of TOWER_SIZES ('B', 'B', 'S': BBS).
     video_patch_size: tubelet (t, h, w), (4, 16, 16).
     audio_patch_size: waveform samples per token, 128.
     spectrogram: audio input is a [B, T, M] log-mel spectrogram.
     spectrogram_patch_size: (frames, mel bins) per token, (16, 5).
     video_pos_buckets: video positional table sizes (t, h, w): (8, 14, 14) for 32x224x224 pre-training.
-    audio_pos_buckets: audio table sizes: (1200,) for waveform; (t, m) for spectrograms.
+      `from_config` derives it from config.input unless config.model sets it (fine-tuning keeps the pre-training
+      buckets and resamples the tables on the fly, B.5).
+    audio_pos_buckets: audio table sizes: (1200,) for 3.2 s of 48 kHz waveform; (t, m) for spectrograms.
+      Derived from config.input as video_pos_buckets.
     text_pos_buckets: learned text table size (modality-agnostic, or text_posemb='learned'), 16.
     text_posemb: modality-specific text positions: 'relative' (T5, as released) or 'learned'.
     relative_position_buckets, relative_max_distance: T5 relative bias of the text tower (32, 64).
-    vocab_size, word_dim, trainable_embeddings: word-embedding table (2**16, 300, frozen).
+    text_vocab_size, text_embed_dim, trainable_embeddings: word-embedding table (2**16 words of 300, frozen:
+      word2vec, B.1).
     droptoken_rate: DropToken drop rate for video and audio in training (paper: 0.5); 0 disables it.
     droptoken_per_sample: per-sample DropToken permutations (default one shared by the batch, as released).
     dropout_rate: Transformer / positional-embedding dropout (0.1).
@@ -305,10 +327,12 @@ class Model(nn.Module):
     post_projection_dim: modality-agnostic post-projection width (1024).
     bn_momentum, bn_epsilon: head BatchNorm (0.9, 1e-5).
     resize_method: positional-table resampling when the grid differs from the buckets ('spline' | 'cubic').
-    attention, remat, scan, dtype: Transformer options.
+    attention, remat, scan, dtype: Transformer options (dtype: computation dtype, e.g. 'bfloat16' in a config).
   """
-  variant: str = "BBS"
-  tiny: bool = False
+  modality_agnostic: bool = False
+  video_size: str = "B"
+  audio_size: str = "B"
+  text_size: str = "S"
   video_patch_size: tuple[int, int, int] = (4, 16, 16)
   audio_patch_size: int = 128
   spectrogram: bool = False
@@ -319,8 +343,8 @@ class Model(nn.Module):
   text_posemb: str = "relative"
   relative_position_buckets: int = 32
   relative_max_distance: int = 64
-  vocab_size: int = 2 ** 16
-  word_dim: int = 300
+  text_vocab_size: int = 2 ** 16
+  text_embed_dim: int = 300
   trainable_embeddings: bool = False
   droptoken_rate: float = 0.5
   droptoken_per_sample: bool = False
@@ -337,42 +361,56 @@ class Model(nn.Module):
   scan: bool = False
   dtype: Any = jnp.float32
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Model":
+    """The model of `config.model`, with the positional buckets of `config.input`'s clips (see the fields).
+
+    Raises:
+      ValueError: naming an unknown variant or `config.model` key, before anything is built.
+    """
+    model = cls(**_model_kwargs(cls, config.model))
+    shapes = input_shapes(_input(config), spectrogram=model.spectrogram)
+    grids = {"video_pos_buckets": _grid(shapes["video"][:3], model.video_patch_size),
+             "audio_pos_buckets": _grid(shapes["audio"], model.spectrogram_patch_size if model.spectrogram
+                                        else (model.audio_patch_size,))}
+    return model.clone(**{k: v for k, v in grids.items() if _unset(config.model, k)})
+
   def setup(self):
-    agnostic, sizes = decode_variant(self.variant, tiny=self.tiny)
+    sizes = tower_sizes(self)
     if self.text_posemb not in ("relative", "learned"):
       raise ValueError(f"text_posemb must be 'relative' or 'learned', got {self.text_posemb!r}.")
-    common = dict(dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+    common_kw = dict(dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                   attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype,
                   resize_method=self.resize_method)
     keep = 1.0 - self.droptoken_rate
     audio_patch = tuple(self.spectrogram_patch_size) if self.spectrogram else (self.audio_patch_size,)
-    if agnostic:
-      size = sizes["shared"]
+    if self.modality_agnostic:
+      size = sizes["video"]
       self.backbone = _shared_encoder(size, self)
       shared = dict(size=size, shared_encoder=self.backbone, pre_projection=True,
-                    post_projection=self.post_projection_dim, **common)
+                    post_projection=self.post_projection_dim, **common_kw)
       self.video = Tower("video", patch_size=tuple(self.video_patch_size), pos_buckets=tuple(self.video_pos_buckets),
                          droptoken_keep_rate=keep, droptoken_per_sample=self.droptoken_per_sample, **shared)
       self.audio = Tower("audio", patch_size=audio_patch, spectrogram=self.spectrogram,
                          pos_buckets=tuple(self.audio_pos_buckets), droptoken_keep_rate=keep,
                          droptoken_per_sample=self.droptoken_per_sample, **shared)
       # The text pre-projection is the tokenizer's GELU Dense (with bias here, as uvatt.py).
-      self.text = Tower("text", vocab_size=self.vocab_size, word_dim=self.word_dim,
+      self.text = Tower("text", vocab_size=self.text_vocab_size, word_dim=self.text_embed_dim,
                         trainable_embeddings=self.trainable_embeddings, text_projection_bias=True,
                         pos_buckets=(self.text_pos_buckets,), **{**shared, "pre_projection": False})
     else:
       self.video = Tower("video", sizes["video"], patch_size=tuple(self.video_patch_size),
                          pos_buckets=tuple(self.video_pos_buckets), droptoken_keep_rate=keep,
-                         droptoken_per_sample=self.droptoken_per_sample, **common)
+                         droptoken_per_sample=self.droptoken_per_sample, **common_kw)
       self.audio = Tower("audio", sizes["audio"], patch_size=audio_patch, spectrogram=self.spectrogram,
                          pos_buckets=tuple(self.audio_pos_buckets), droptoken_keep_rate=keep,
-                         droptoken_per_sample=self.droptoken_per_sample, **common)
+                         droptoken_per_sample=self.droptoken_per_sample, **common_kw)
       relative = self.text_posemb == "relative"
-      self.text = Tower("text", sizes["text"], vocab_size=self.vocab_size, word_dim=self.word_dim,
+      self.text = Tower("text", sizes["text"], vocab_size=self.text_vocab_size, word_dim=self.text_embed_dim,
                         trainable_embeddings=self.trainable_embeddings,
                         pos_buckets=() if relative else (self.text_pos_buckets,),
                         relative_position_buckets=self.relative_position_buckets if relative else 0,
-                        relative_max_distance=self.relative_max_distance, **common)
+                        relative_max_distance=self.relative_max_distance, **common_kw)
     self.head = FACHead(self.va_dim, self.vat_dim, self.bn_momentum, self.bn_epsilon)
 
   def encode_text(self, text: jax.Array, text_mask: jax.Array, *, train: bool = False
@@ -440,11 +478,12 @@ class VideoBackbone(nn.Module):
 
   Submodule names match `Model` ('video', and 'backbone' for the modality-agnostic shared Transformer), so a
   pre-training checkpoint's `params['video']` (and `params['backbone']`) load into it unchanged
-  (configs/vatt/finetune.py's `config.init.assignment_map`). The positional tables keep their pre-training buckets and
-  are resampled on the fly when the fine-tuning grid differs (B.5: 320 crops; docs/design.md).
+  (configs/vatt/finetune.py's `config.init.assignment_map`). The positional tables keep their pre-training buckets
+  when config.model sets them and are resampled on the fly when the fine-tuning grid differs (B.5: 320 crops;
+  docs/design.md). The fields are Model's video-tower fields, with no DropToken by default (B.5).
   """
-  variant: str = "BBS"
-  tiny: bool = False
+  modality_agnostic: bool = False
+  video_size: str = "B"
   video_patch_size: tuple[int, int, int] = (4, 16, 16)
   video_pos_buckets: tuple[int, int, int] = (8, 14, 14)
   droptoken_rate: float = 0.0
@@ -457,19 +496,32 @@ class VideoBackbone(nn.Module):
   scan: bool = False
   dtype: Any = jnp.float32
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "VideoBackbone":
+    """The video tower of the `Model` that `config.model` describes (its other keys are checked, then unused).
+
+    A pre-training config's `config.model` therefore builds the backbone unchanged; the video buckets come from
+    config.input unless config.model sets them.
+    """
+    names = set(common.field_names(cls))
+    backbone = cls(**{k: v for k, v in _model_kwargs(Model, config.model).items() if k in names})
+    if not _unset(config.model, "video_pos_buckets"):
+      return backbone
+    return backbone.clone(video_pos_buckets=_grid(input_shapes(_input(config))["video"][:3],
+                                                  backbone.video_patch_size))
+
   def setup(self):
-    agnostic, sizes = decode_variant(self.variant, tiny=self.tiny)
-    common = dict(dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-                  attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype,
-                  resize_method=self.resize_method, patch_size=tuple(self.video_patch_size),
-                  pos_buckets=tuple(self.video_pos_buckets), droptoken_keep_rate=1.0 - self.droptoken_rate)
-    if agnostic:
-      size = sizes["shared"]
+    size = tower_sizes(self)["video"]
+    common_kw = dict(dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+                     attention=self.attention, remat=self.remat, scan=self.scan, dtype=self.dtype,
+                     resize_method=self.resize_method, patch_size=tuple(self.video_patch_size),
+                     pos_buckets=tuple(self.video_pos_buckets), droptoken_keep_rate=1.0 - self.droptoken_rate)
+    if self.modality_agnostic:
       self.backbone = _shared_encoder(size, self)
       self.video = Tower("video", size, shared_encoder=self.backbone, pre_projection=True,
-                         post_projection=self.post_projection_dim, **common)
+                         post_projection=self.post_projection_dim, **common_kw)
     else:
-      self.video = Tower("video", sizes["video"], **common)
+      self.video = Tower("video", size, **common_kw)
 
   def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
     """[B, F, H, W, 3] -> (pooled aggregation-token feature [B, D], tower aux)."""
@@ -484,41 +536,68 @@ def _shared_encoder(size: Size, owner: Model | VideoBackbone) -> transformer.Enc
       attention=owner.attention, remat=owner.remat, scan=owner.scan, dtype=owner.dtype)
 
 
-def build_backbone(config) -> VideoBackbone:
-  """The classification backbone for config.model.name = 'vatt' (fields as in vlm/tasks/contrastive.py)."""
-  kw = model_kwargs(config)
-  return VideoBackbone(
-      variant=kw["variant"], tiny=kw["tiny"], video_patch_size=kw["video_patch_size"],
-      video_pos_buckets=kw["video_pos_buckets"], droptoken_rate=float(config.model.get("droptoken_rate", 0.0)),
-      post_projection_dim=int(config.model.get("post_projection_dim", 1024)),
-      dropout_rate=kw["dropout_rate"], attention_dropout_rate=kw["attention_dropout_rate"],
-      attention=kw["attention"], resize_method=kw["resize_method"], remat=kw["remat"], scan=kw["scan"],
-      dtype=kw["dtype"])
+def build_backbone(config: ml_collections.ConfigDict) -> VideoBackbone:
+  """The classification backbone for config.model.name = 'vatt' (vlm/tasks/classification.py)."""
+  return VideoBackbone.from_config(config)
 
 
 # ============================================================================================ construction
-def _tuple(x) -> tuple[int, ...]:
-  return tuple(int(v) for v in x)
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+  """The per-example input sizes VATT reads from `config.input`; defaults: pre-training (appendix B.1).
+
+  Attributes:
+    num_frames, crop_size: video clips [num_frames, crop_size, crop_size, 3] (32 x 224 x 224).
+    fps: frame rate (10); the clip lasts num_frames / fps seconds, which sizes the audio. None: stride-based
+      sampling, so the audio length must be given.
+    audio_samples: waveform length; 0: the clip's length at audio_sample_rate (153,600 = 3.2 s at 48 kHz).
+    audio_sample_rate: 48 kHz.
+    spectrogram_frames: log-mel frames; 0: the clip's length at a 21 ms hop (appendix D).
+    num_mel_bins: 80.
+    num_captions: K MIL-NCE candidate captions per clip (1).
+    max_text_len: words per caption (16, B.1).
+  """
+  num_frames: int = 32
+  crop_size: int = 224
+  fps: float | None = 10.0
+  audio_samples: int = 0
+  audio_sample_rate: int = 48_000
+  spectrogram_frames: int = 0
+  num_mel_bins: int = 80
+  num_captions: int = 1
+  max_text_len: int = 16
+
+  @classmethod
+  def from_config(cls, inp: Any) -> "InputSpec":
+    """The fields present in `inp` (config.input, a dict or None); config.input's other keys are the data's."""
+    inp = common.plain(inp or {})
+    return cls(**{f.name: inp[f.name] for f in dataclasses.fields(cls) if f.name in inp})
 
 
-def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]]:
-  """Per-example shapes of the batch keys from config.input / config.model (see module docstring)."""
-  inp = config.get("input") or ml_collections.ConfigDict()
-  frames = int(inp.get("num_frames", 32))
-  crop = int(inp.get("crop_size", 224))
-  fps = inp.get("fps", 10.0)
-  seconds = frames / float(fps) if fps else None
-  shapes = {"video": (frames, crop, crop, 3), "audio_mask": (),
-            "text": (int(inp.get("num_captions", 1)), int(inp.get("max_text_len", 16)))}
-  if config.model.get("spectrogram", False):
-    t = int(inp.get("spectrogram_frames", 0) or 0)
+def input_shapes(spec: InputSpec | Any, *, spectrogram: bool = False) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the batch keys (`video`, `audio`, `audio_mask`, `text`, `text_mask`).
+
+  Args:
+    spec: an InputSpec, or config.input (read by InputSpec.from_config).
+    spectrogram: the audio is a log-mel spectrogram [T, num_mel_bins] rather than a waveform [S].
+
+  Raises:
+    ValueError: when the audio length can be neither read nor derived from the clip's duration.
+  """
+  if not isinstance(spec, InputSpec):
+    spec = InputSpec.from_config(spec)
+  seconds = spec.num_frames / float(spec.fps) if spec.fps else None
+  shapes = {"video": (spec.num_frames, spec.crop_size, spec.crop_size, 3), "audio_mask": (),
+            "text": (spec.num_captions, spec.max_text_len)}
+  if spectrogram:
+    t = int(spec.spectrogram_frames or 0)
     if not t and seconds:
       t = int(round(seconds / 0.021))  # 21 ms hop (VATT appendix D)
-    shapes["audio"] = (t, int(inp.get("num_mel_bins", 80)))
+    shapes["audio"] = (t, spec.num_mel_bins)
   else:
-    t = int(inp.get("audio_samples", 0) or 0)
+    t = int(spec.audio_samples or 0)
     if not t and seconds:
-      t = int(round(seconds * int(inp.get("audio_sample_rate", 48_000))))
+      t = int(round(seconds * spec.audio_sample_rate))
     shapes["audio"] = (t,)
   if not t:
     raise ValueError("Cannot size the audio: set config.input.fps (clip length = num_frames / fps), or "
@@ -527,45 +606,25 @@ def input_shapes(config: ml_collections.ConfigDict) -> dict[str, tuple[int, ...]
   return shapes
 
 
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """vatt.Model keyword arguments from config.model, with positional buckets derived from config.input."""
-  m = config.model
-  variant = str(m.get("variant", "BBS"))
-  if m.get("modality_agnostic", False) and not variant.upper().startswith("MA"):
-    if len(variant) != 1:
-      raise ValueError(f"model.modality_agnostic=True needs a one-letter size or an 'MA' variant, got {variant!r}.")
-    variant = f"MA-{variant}"
-  shapes = input_shapes(config)
-  video_patch = _tuple(m.get("video_patch_size", (4, 16, 16)))
-  audio_patch = int(m.get("audio_patch_size", 128))
-  spec_patch = _tuple(m.get("spectrogram_patch_size", (16, 5)))
-  spectrogram = bool(m.get("spectrogram", False))
-  video_buckets = m.get("video_pos_buckets", None)
-  if video_buckets is None:
-    video_buckets = tuple(s // p for s, p in zip(shapes["video"][:3], video_patch))
-  audio_buckets = m.get("audio_pos_buckets", None)
-  if audio_buckets is None:
-    audio_buckets = (tuple(s // p for s, p in zip(shapes["audio"], spec_patch)) if spectrogram
-                     else (shapes["audio"][0] // audio_patch,))
-  return dict(
-      variant=variant, tiny=bool(m.get("tiny", False)), video_patch_size=video_patch,
-      audio_patch_size=audio_patch, spectrogram=spectrogram, spectrogram_patch_size=spec_patch,
-      video_pos_buckets=_tuple(video_buckets), audio_pos_buckets=_tuple(audio_buckets),
-      text_pos_buckets=int(m.get("text_pos_buckets", 16)), text_posemb=str(m.get("text_posemb", "relative")),
-      relative_position_buckets=int(m.get("relative_position_buckets", 32)),
-      relative_max_distance=int(m.get("relative_max_distance", 64)),
-      vocab_size=int(m.get("text_vocab_size", 2 ** 16)), word_dim=int(m.get("text_embed_dim", 300)),
-      trainable_embeddings=bool(m.get("trainable_embeddings", False)),
-      droptoken_rate=float(m.get("droptoken_rate", 0.5)),
-      droptoken_per_sample=bool(m.get("droptoken_per_sample", False)),
-      dropout_rate=float(m.get("dropout_rate", 0.1)),
-      attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
-      va_dim=int(m.get("va_dim", 512)), vat_dim=int(m.get("vat_dim", 256)),
-      post_projection_dim=int(m.get("post_projection_dim", 1024)),
-      bn_momentum=float(m.get("bn_momentum", 0.9)), bn_epsilon=float(m.get("bn_epsilon", 1e-5)),
-      resize_method=str(m.get("resize_method", "spline")), attention=str(m.get("attention", "dense")),
-      remat=bool(m.get("remat", False)), scan=bool(m.get("scan", False)),
-      dtype=jnp.dtype(m.get("dtype", "float32")))
+def _input(config: ml_collections.ConfigDict) -> Any:
+  return config.input if "input" in config else None
+
+
+def _unset(model_cfg: Any, key: str) -> bool:
+  """config.model leaves `key` to be derived from the input (absent, or None)."""
+  return key not in model_cfg or model_cfg[key] is None
+
+
+def _model_kwargs(cls: type, model_cfg: Any) -> dict[str, Any]:
+  """common.model_kwargs over SIZES; positional buckets left None in config.model are derived later."""
+  model_cfg = {k: v for k, v in common.plain(model_cfg).items()
+               if not (k in ("video_pos_buckets", "audio_pos_buckets") and v is None)}
+  return common.model_kwargs(cls, model_cfg, sizes=SIZES, family="vatt", patch_field=None)
+
+
+def _grid(shape: tuple[int, ...], patch: tuple[int, ...]) -> tuple[int, ...]:
+  """Tokens per axis of an input `shape` cut into `patch`es (the positional buckets that fit it exactly)."""
+  return tuple(int(s) // int(p) for s, p in zip(shape, patch))
 
 
 # ================================================================================================= loading

@@ -13,17 +13,20 @@ Losses:
     over classes.
 
 Config fields:
-  config.model: name (the backbone family) and its own fields.
-  config.task: name ['classification']; heads [{'default': input.num_classes}] ordered {dataset: classes};
-    label_smoothing [0.0]; multilabel [False]; head_dropout [0.0] (dropout on the features before the heads);
-    head_init ['zeros' | 'xavier'] (zero heads, as ViT fine-tuning does).
-  config.input: num_frames [32], crop_size [224]: the training clip shape of `dummy_batch`.
+  config.model: name (the backbone family) and its own fields (the family's `Model` docstring).
+  config.task (`Objective` below; its fields are the defaults): name 'classification'; heads [None:
+    {'default': input.num_classes}] as {dataset: classes}; label_smoothing [0.0]; multilabel [False];
+    head_dropout [0.0] (dropout on the features before the heads); head_init ['zeros' (as ViT fine-tuning) |
+    'xavier'].
+  config.input: num_frames, crop_size: the training clip shape of `dummy_batch`; num_classes when there are no
+    heads; mixture (joint training: the heads follow its order).
 
 Metrics: loss, top1 (each example on its own head) and, with several heads, `fraction/<name>` (share of the
 batch on that head); multi-label runs report loss only (mAP comes from the evaluator).
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from typing import Any, Sequence
 
@@ -38,7 +41,11 @@ from vlm.nn import logical as ax
 
 
 def build_backbone(config: ml_collections.ConfigDict) -> nn.Module:
-  """`build_backbone(config)` of the family module named by config.model.name (dotted names imported as given)."""
+  """`build_backbone(config)` of the family module named by config.model.name (dotted names imported as given).
+
+  A family's `build_backbone` is its `Model.from_config` (TubeViT) or that of its video tower (VATT's
+  `VideoBackbone`), so config.model's keys are the backbone's field names.
+  """
   name = config.model.name
   module = importlib.import_module(name if "." in name else f"vlm.models.{name}")
   if not hasattr(module, "build_backbone"):
@@ -81,19 +88,52 @@ def smooth_onehot(label: jax.Array, num_classes: int, smoothing: float) -> jax.A
   return jax.nn.one_hot(label, num_classes) * (1.0 - smoothing) + smoothing / num_classes
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """config.task of the classification task: heads and the loss options (see the module docstring).
+
+  Attributes:
+    heads: {dataset: classes}; None: one head 'default' with config.input.num_classes.
+    label_smoothing: s of the smoothed one-hot targets (0).
+    multilabel: sigmoid binary cross-entropy against multi-hot `labels` (Charades) instead of softmax.
+    head_dropout: dropout on the pooled features before the heads (0).
+    head_init: 'zeros' (as ViT fine-tuning) or 'xavier'.
+  """
+  heads: Any = None
+  label_smoothing: float = 0.0
+  multilabel: bool = False
+  head_dropout: float = 0.0
+  head_init: str = "zeros"
+
+  @classmethod
+  def from_config(cls, task: Any) -> "Objective":
+    """config.task (its `name` aside) -> Objective; an unknown key is an error naming it."""
+    options = {k: v for k, v in dict(task or {}).items() if k != "name"}
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+      raise ValueError(f"config.task.{unknown[0]}: not an option of the classification task; options: "
+                       f"{', '.join(fields)}.")
+    return cls(**options)
+
+
 class Task:
   """Classification task (see the module docstring)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    t = config.get("task") or ml_collections.ConfigDict()
-    inp = config.get("input") or ml_collections.ConfigDict()
-    heads = t.get("heads", None)
-    heads = dict(heads) if heads else {"default": int(inp.get("num_classes", 0))}
+    objective = Objective.from_config(config.task if "task" in config else None)
+    inp = config.input
+    if objective.heads:
+      heads = dict(objective.heads)
+    elif "num_classes" in inp:
+      heads = {"default": int(inp.num_classes)}
+    else:
+      raise ValueError("config.task.heads is unset and config.input has no num_classes: the task has no head.")
     for name, classes in heads.items():
       if int(classes) < 1:
         raise ValueError(f"config.task.heads[{name!r}] = {classes}: expected a number of classes >= 1.")
-    if inp.get("mixture", None) is not None:
+    if "mixture" in inp and inp.mixture is not None:
       # Batches say `dataset` = index in the mixture's order, so the heads follow that order (ConfigDicts sort
       # their keys: never rely on the order `heads` was written in).
       from vlm.data import inputs  # pylint: disable=g-import-not-at-top
@@ -104,13 +144,11 @@ class Task:
       heads = {name: heads[name] for name in order}
     self.heads = tuple((str(k), int(v)) for k, v in heads.items())
     self.head_names = [k for k, _ in self.heads]
-    self.label_smoothing = float(t.get("label_smoothing", 0.0))
-    self.multilabel = bool(t.get("multilabel", False))
+    self.label_smoothing = float(objective.label_smoothing)
+    self.multilabel = bool(objective.multilabel)
     self.backbone = build_backbone(config)
-    self.model = Classifier(self.backbone, self.heads, float(t.get("head_dropout", 0.0)),
-                            str(t.get("head_init", "zeros")))
-    self.clip_shape = (int(inp.get("num_frames", 32)), int(inp.get("crop_size", 224)),
-                       int(inp.get("crop_size", 224)))
+    self.model = Classifier(self.backbone, self.heads, float(objective.head_dropout), str(objective.head_init))
+    self.clip_shape = (int(inp.num_frames), int(inp.crop_size), int(inp.crop_size))
 
   # ------------------------------------------------------------------------------------------------ protocol
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:

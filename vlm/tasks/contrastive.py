@@ -5,42 +5,16 @@ loss = (w_va * NCE(video_va, audio_va) + w_vt * MIL-NCE(video_vat, text_vat)) / 
 (every `text_mask` row empty, e.g. AudioSet) leave the MIL-NCE, and empty captions are never candidates; each
 loss is averaged over the samples that take part (see vlm/losses/contrastive.py).
 
-Config fields read (defaults in brackets):
+Config fields:
 
-config.model (-> vlm.models.vatt.Model):
-  name ['vatt'].
-  variant ['BBS']: three size letters (video, audio, text) from S/B/M/L/T ('BBS', 'MBS', 'LBS'), or 'MA'
-    (modality-agnostic Medium) / 'MA-<letter>'.
-  modality_agnostic [False]: True with a one-letter variant 'X' means 'MA-X'; 'MA...' variants imply it.
-  tiny [False]: every tower at the tiny size (2 layers, width 64, MLP 128, 2 heads) for CPU runs.
-  video_patch_size [(4, 16, 16)]: tubelet (t, h, w).
-  audio_patch_size [128]: waveform samples per token.
-  spectrogram [False]: audio is a [B, T, num_mel_bins] log-mel spectrogram instead of a waveform.
-  spectrogram_patch_size [(16, 5)]: (frames, mel bins) per audio token.
-  video_pos_buckets [None -> (num_frames // t, crop_size // h, crop_size // w) of config.input, (8, 14, 14)
-    for 32x224x224]: keep the pre-training buckets when fine-tuning at another size; the tables are then
-    resampled on the fly (VATT appendix B.5; docs/design.md).
-  audio_pos_buckets [None -> (samples // audio_patch_size,), 1200 for 3.2 s at 48 kHz; spectrogram:
-    (spectrogram_frames // 16, num_mel_bins // 5)].
-  text_posemb ['relative']: 'relative' (T5 relative bias, as released) or 'learned' (absolute table).
-  text_pos_buckets [16]: learned text table size (modality-agnostic model or text_posemb='learned').
-  relative_position_buckets [32], relative_max_distance [64]: T5 relative bias of the text tower.
-  text_vocab_size [65536]: word vocabulary (word2vec: 2**16).
-  text_embed_dim [300]: word vector size (word2vec: 300).
-  trainable_embeddings [False]: train the word table (VATT keeps word2vec frozen).
-  droptoken_rate [0.5]: DropToken drop rate (video and audio, training only); 0 disables it.
-  droptoken_per_sample [False]: per-sample DropToken permutations instead of one per batch (as released).
-  dropout_rate [0.1]; attention_dropout_rate [0.1].
-  va_dim [512], vat_dim [256]: common-space widths; post_projection_dim [1024]: modality-agnostic only.
-  bn_momentum [0.9], bn_epsilon [1e-5]: head BatchNorm.
-  resize_method ['spline']: positional-table resampling, 'spline' (as released) or 'cubic'.
-  attention ['dense']; remat [False]; scan [False]; dtype ['float32'] (computation dtype, e.g. 'bfloat16').
-config.task:
-  name ['contrastive'].
-  va_weight [1.0]: weight of the video-audio NCE; vt_weight [1.0]: weight of the video-text MIL-NCE.
-  temperature [0.07].
-  directions ['joint']: 'joint' (as released) or 'separate' (see vlm/losses/contrastive.py).
-config.input (shapes of `dummy_batch`; the data layer must produce the same):
+config.model: the fields of vlm.models.vatt.Model (its docstring), built by `vatt.Model.from_config`:
+  name 'vatt'; variant 'BBS' | 'MBS' | 'LBS' | 'MA' | 'MA-<S|B|L>' | 'tiny' | 'MA-tiny' (vatt.SIZES); any field
+  by its name (e.g. text_vocab_size, droptoken_rate, dtype='bfloat16'). video_pos_buckets and audio_pos_buckets
+  default to the grid of config.input's clip ((8, 14, 14) and (1200,) for 32x224x224 at 10 fps, 48 kHz audio).
+config.task (`Objective` below; its fields are the defaults):
+  name 'contrastive'; va_weight [1.0] (video-audio NCE); vt_weight [1.0] (video-text MIL-NCE); temperature
+  [0.07]; directions ['joint' (as released) | 'separate'] (vlm/losses/contrastive.py).
+config.input (shapes of `dummy_batch`, vlm.models.vatt.InputSpec; the data layer must produce the same):
   num_frames [32]; crop_size [224]; fps [10.0]; audio_samples [0 -> round(num_frames / fps *
   audio_sample_rate), 153,600 for 3.2 s at 48 kHz]; audio_sample_rate [48000]; num_mel_bins [80];
   spectrogram_frames [0 -> round(num_frames / fps / 0.021): 21 ms hop]; num_captions [1] (K MIL-NCE
@@ -51,6 +25,7 @@ audio_valid / text_valid (fraction of the batch in each loss).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -61,7 +36,36 @@ import numpy as np
 from vlm.losses import contrastive
 from vlm.models import vatt
 from vlm.nn import droptoken as droptoken_lib
-from vlm.nn import posemb as posemb_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """config.task of VATT pre-training (appendix B.3): loss weights, temperature and NCE directions.
+
+  Attributes:
+    va_weight: weight of the video-audio NCE (lambda = 1).
+    vt_weight: weight of the video-text MIL-NCE.
+    temperature: softmax temperature of both losses (0.07).
+    directions: 'joint' (one softmax over both directions, as released) or 'separate'.
+  """
+  va_weight: float = 1.0
+  vt_weight: float = 1.0
+  temperature: float = 0.07
+  directions: str = "joint"
+
+  @classmethod
+  def from_config(cls, task: Any) -> "Objective":
+    """config.task (its `name` aside) -> Objective; an unknown key is an error naming it."""
+    options = {k: v for k, v in dict(task or {}).items() if k != "name"}
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+      raise ValueError(f"config.task.{unknown[0]}: not an option of the contrastive task; options: "
+                       f"{', '.join(fields)}.")
+    objective = cls(**options)
+    if not (objective.va_weight > 0 or objective.vt_weight > 0):
+      raise ValueError(f"At least one of task.va_weight / task.vt_weight must be positive: {objective}.")
+    return objective
 
 
 class Task:
@@ -69,14 +73,13 @@ class Task:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.model = vatt.Model(**vatt.model_kwargs(config))
-    self.shapes = vatt.input_shapes(config)
-    task = config.get("task") or ml_collections.ConfigDict()
-    self.weights = {"va_nce": float(task.get("va_weight", 1.0)), "vt_milnce": float(task.get("vt_weight", 1.0))}
-    self.temperature = float(task.get("temperature", 0.07))
-    self.directions = str(task.get("directions", "joint"))
-    if not any(w > 0 for w in self.weights.values()):
-      raise ValueError(f"At least one of task.va_weight / task.vt_weight must be positive: {self.weights}.")
+    self.model = vatt.Model.from_config(config)
+    self.shapes = vatt.input_shapes(config.input if "input" in config else None,
+                                    spectrogram=self.model.spectrogram)
+    self.objective = Objective.from_config(config.task if "task" in config else None)
+    self.weights = {"va_nce": self.objective.va_weight, "vt_milnce": self.objective.vt_weight}
+    self.temperature = self.objective.temperature
+    self.directions = self.objective.directions
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """A training batch of the configured shapes (zeros; every caption one valid token, every clip audio)."""
@@ -152,16 +155,16 @@ class Task:
     Video and audio are counted on the input grid and after DropToken (training); text is `max_text_len` per
     caption, times K candidate captions.
     """
-    kw = vatt.model_kwargs(self.config)
-    video = int(np.prod([s // p for s, p in zip(self.shapes["video"][:3], kw["video_patch_size"])]))
-    patch = kw["spectrogram_patch_size"] if kw["spectrogram"] else (kw["audio_patch_size"],)
+    m = self.model
+    video = int(np.prod([s // p for s, p in zip(self.shapes["video"][:3], m.video_patch_size)]))
+    patch = m.spectrogram_patch_size if m.spectrogram else (m.audio_patch_size,)
     audio = int(np.prod([s // p for s, p in zip(self.shapes["audio"], patch)]))
-    keep = 1.0 - kw["droptoken_rate"]
+    keep = 1.0 - m.droptoken_rate
     k, l = self.shapes["text"]
     out = {"video": video, "audio": audio, "text_per_caption": l, "text_captions": k}
-    if kw["droptoken_rate"] > 0:
-      out["video_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(kw["video_pos_buckets"])), keep)
-      out["audio_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(kw["audio_pos_buckets"])), keep)
+    if m.droptoken_rate > 0:
+      out["video_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(m.video_pos_buckets)), keep)
+      out["audio_after_droptoken"] = droptoken_lib.num_kept_tokens(int(np.prod(m.audio_pos_buckets)), keep)
     return out
 
   def bench_objectives(self) -> dict[str, Any]:
