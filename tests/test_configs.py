@@ -5,9 +5,11 @@ Documented args are the `configs/<file>.py:ARG` commands written in the config's
 in the per-family configs/<family>/README.md, so the list cannot drift from the docs.
 """
 import ast
+import contextlib
 import glob
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -33,6 +35,76 @@ def documented_args() -> list[tuple[str, str]]:
   return sorted(found)
 
 
+def documented_commands() -> list[list[str]]:
+  """The `--config=...` and `--config.x=y` arguments of every documented `vlm.main` / `vlm.tools` command."""
+  texts = [open(p).read() for p in glob.glob(os.path.join(ROOT, "**", "*.md"), recursive=True) if ".venv" not in p]
+  texts += [ast.get_docstring(ast.parse(open(os.path.join(ROOT, p)).read())) or "" for p in CONFIGS]
+  commands = []
+  for text in texts:
+    for command in re.findall(r"python -m vlm\.[\w.]+ (?:\\\n|[^\n`|])+", text):
+      args = shlex.split(command.replace("\\\n", " "), comments=False)
+      config = [x for x in args if x.startswith("--config")]
+      if (config and config[0].startswith("--config=") and "<" not in command and "..." not in command
+          and config[0].split("=", 1)[1].split(":")[0] in CONFIGS):
+        commands.append(config)
+  return commands
+
+
+_OWN_DATA = ["--config.input.data.name=records", "--config.input.data.files=/data/train-*.tfrecord"]
+_OWN_VOCAB = ["--config.input.tokenizer.vocab_file=/data/vocab.txt"]
+
+
+def _parse_flags(args: list[str]):
+  """Parses config flags as `vlm.main` does (ml_collections' config_flags), in a fresh flag set."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  argv = ["vlm.main", *args]
+  saved, sys.argv = sys.argv, argv  # config_flags reads sys.argv when defined, to register the --config.x flags
+  try:
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True)
+    values(argv)
+  finally:
+    sys.argv = saved
+  return values.config
+
+
+def test_every_documented_command_line_parses():
+  commands = documented_commands()
+  assert len(commands) > 10, commands
+  with _chdir(ROOT):
+    for args in commands:
+      _parse_flags(args)
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_own_data_and_vocabulary_overrides_parse(path):
+  """The README's own-data command works with every config (mixtures name their entries' sources instead)."""
+  with _chdir(ROOT):
+    plain = _parse_flags([f"--config={path}"])
+    if plain.input.get("mixture"):
+      entry = next(iter(plain.input.mixture))
+      args = [f"--config.input.mixture.{entry}.data.name=records",
+              f"--config.input.mixture.{entry}.data.files=/data/train-*.tfrecord"]
+      assert _parse_flags([f"--config={path}", *args]).input.mixture[entry].data.files == "/data/train-*.tfrecord"
+      return
+    extra = _OWN_VOCAB if plain.input.get("tokenizer") else []
+    config = _parse_flags([f"--config={path}", *_OWN_DATA, *extra])
+    assert config.input.data.name == "records" and config.input.data.files == "/data/train-*.tfrecord"
+    if extra:
+      assert config.input.tokenizer.vocab_file == "/data/vocab.txt"
+
+
+@contextlib.contextmanager
+def _chdir(path):
+  old = os.getcwd()
+  os.chdir(path)
+  try:
+    yield
+  finally:
+    os.chdir(old)
+
+
 @pytest.mark.parametrize("path,arg", documented_args())
 def test_documented_config_loads(path, arg):
   from vlm import config_lib  # pylint: disable=g-import-not-at-top
@@ -56,9 +128,9 @@ def _one_device_check(spec: str, workdir: str) -> None:
   assert jax.device_count() == 1, jax.devices()
   config = config_lib.load_config(spec)
   with config.unlocked():
-    config.total_steps = 1
     config.evals = {}  # the evaluators have their own tests; this checks the training path
-  trainer.train_and_evaluate(config, workdir)
+  # One step of the config's own schedule (total_steps and warm-up unchanged), then stop as a time slice would.
+  trainer.train_and_evaluate(config, workdir, stop_after_steps=1)
   assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   report = inspect_lib.inspect(config, with_flops=False)
   assert report["params_total"] > 0

@@ -127,6 +127,35 @@ def apply_args(c: ConfigDict, a: ConfigDict, **paths: str) -> ConfigDict:
       for part in parents:
         node = node[part]
       node[leaf] = a[arg_name]
+  return own_data_overridable(c)
+
+
+def own_data_overridable(c: ConfigDict) -> ConfigDict:
+  """Makes the own-data overrides settable from the command line in every config; returns `c`.
+
+  A field a config leaves unset (or None) has no type, and ml_collections refuses to set it from a flag. So every
+  full data source (`config.input.data`, each `config.input.mixture.<name>.data`, each evaluation's
+  `input.data` that names a source) gets `files` as a string placeholder and an `options` block, and
+  `config.input.tokenizer.vocab_file` becomes a string placeholder: e.g.
+    --config.input.data.name=records --config.input.data.files='gs://B/train-*.tfrecord'
+    --config.input.tokenizer.vocab_file=/path/vocab.txt
+  Called by `apply_args`, the last step of every config's get_config.
+  """
+  inputs = [c.get("input")]
+  inputs += [entry for entry in (c.input.get("mixture") or {}).values()] if c.get("input") else []
+  inputs += [ev.get("input") for ev in (c.get("evals") or {}).values()]
+  for inp in inputs:
+    if not isinstance(inp, ConfigDict) or not isinstance(inp.get("data"), ConfigDict) or "name" not in inp.data:
+      continue  # partial evaluation overrides (e.g. `data=dict(split='test')`) inherit the training source's
+    with inp.data.unlocked():
+      if inp.data.get("files") is None:
+        inp.data.files = config_dict.placeholder(str)
+      if "options" not in inp.data:
+        inp.data.options = ConfigDict()
+  tokenizer = c.input.get("tokenizer") if c.get("input") else None
+  if isinstance(tokenizer, ConfigDict) and tokenizer.get("vocab_file") is None:
+    with tokenizer.unlocked():
+      tokenizer.vocab_file = config_dict.placeholder(str)
   return c
 
 

@@ -171,4 +171,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   text = f"sample_captions(1)|tokenize({c.input.max_text_len}, bos=True, eos=True)"
   c.input.pp = (f"sample_segments({a.frames})|{augment}|normalize(-1, 1)|{text}"
                 "|keep('video', 'text', 'text_mask')")
-  return c
+  return config_lib.own_data_overridable(c)

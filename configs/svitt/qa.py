@@ -97,4 +97,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  pp=(f"sample_segments({frames}, random=False)|{view}|normalize(-1, 1)|sample_qa(random=False)"
                      + text + "|" + keep(keys + ["question_kind"]))))  # kinds where the data has them
   c.lock()
-  return c
+  return config_lib.own_data_overridable(c)

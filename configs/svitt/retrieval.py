@@ -69,4 +69,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     ev.input.data = test_data
   ev.input.pp = ev.input.pp.replace("tokenize(32,", f"tokenize({text_len},")
   c.lock()
-  return c
+  return config_lib.own_data_overridable(c)

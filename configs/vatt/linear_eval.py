@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   def split_input(split):
     d = dict(data, split=split)
-    if "files" in d:
+    if d.get("files"):
       d["files"] = d["files"].format(split=split)
     return dict(data=d, batch_size=64, num_frames=frames, num_clips=clips, num_crops=1, pp=pp)
 
@@ -76,4 +76,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_examples=0,
   )
   c.lock()
-  return c
+  return config_lib.own_data_overridable(c)
