@@ -1,10 +1,14 @@
 """The variant grammar and config -> flax fields, shared by every family."""
+import os
+
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 import pytest
 
 from vlm.models import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Net(nn.Module):
@@ -56,3 +60,15 @@ def test_every_family_with_from_config_has_tiny():
       assert "tiny" in module.SIZES, info.name
       common.parse_variant("tiny", module.SIZES, family=info.name)
   assert {"vatt", "tubevit"} <= set(families)
+
+
+@pytest.mark.parametrize("key, value", [("droptoken_rate", -0.5), ("droptoken_rate", 1.0), ("dropout_rate", 1.5),
+                                        ("attention_dropout_rate", -0.1)])
+def test_out_of_range_rates_are_errors_naming_the_key(key, value):
+  from vlm import config_lib  # pylint: disable=g-import-not-at-top
+  from vlm.models import vatt  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(ROOT, "configs/vatt/pretrain.py") + ":tiny")
+  with config.unlocked():
+    config.model[key] = value
+  with pytest.raises(ValueError, match=f"config.model.{key}={value}"):
+    vatt.Model.from_config(config)
