@@ -9,11 +9,16 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
+# Per notebook: training steps in the suite (default 100, the tiny warm-up length; TubeViT's image test accuracy
+# is still at chance there and clearly above it at 150) and a string its printed output must hold.
+STEPS = {"tubevit_tubes.ipynb": 150}
+EXPECTED_TEXT = {"svitt_sparsity.ipynb": "R@1", "vatt_quickstart.ipynb": "R@1", "tubevit_tubes.ipynb": "top-1"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])
 def test_notebook_runs_and_plots(path, monkeypatch):
-  monkeypatch.setenv("VLM_COLAB_STEPS", "100")
+  name = os.path.basename(path)
+  monkeypatch.setenv("VLM_COLAB_STEPS", str(STEPS.get(name, 100)))
   monkeypatch.setenv("VLM_COLAB_CLIPS", "256")  # a smaller built-in dataset: generation and evaluation 4-8x faster
   # One real CPU device in the kernel, whatever the test session's fake-device flags.
   monkeypatch.setenv("XLA_FLAGS", "")
@@ -23,6 +28,6 @@ def test_notebook_runs_and_plots(path, monkeypatch):
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
   assert not [o for o in outputs if o.get("output_type") == "error"]
   images = [o for o in outputs if "image/png" in o.get("data", {})]
-  assert len(images) >= 2, "expected the loss plot and the retrieval figure"
+  assert len(images) >= 2, "expected the loss plot and the results figure"
   text = "".join(o.get("text", "") for o in outputs)
-  assert "R@1" in text
+  assert EXPECTED_TEXT.get(name, "R@1") in text

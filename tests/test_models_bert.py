@@ -41,7 +41,7 @@ def test_hf_bert_parity(hf_bert):
     expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
   ours = bert.BertEncoder(vocab_size=50, num_layers=3, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16)
   params = bert.from_hf_bert(flat, 2)
-  got = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+  got, _ = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
   real = mask.astype(bool)  # padded positions are not compared (neither model masks their queries)
   np.testing.assert_allclose(np.asarray(got)[real], expected[real], atol=2e-5, rtol=1e-4)
   with pytest.raises(ValueError, match="longer than the 16 positions"):
@@ -57,9 +57,10 @@ def test_split_bert_and_cross_attention(hf_bert):
     expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
   real = mask.astype(bool)
   text = bert.BertEncoder(vocab_size=50, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16)
-  h = text.apply({"params": bert.from_hf_bert(flat, 2, num_layers=2)}, jnp.asarray(ids), jnp.asarray(mask))
+  h, _ = text.apply({"params": bert.from_hf_bert(flat, 2, num_layers=2)}, jnp.asarray(ids), jnp.asarray(mask))
   upper = bert.BertEncoder(num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2, embed=False)
-  out = upper.apply({"params": bert.from_hf_bert(flat, 2, first_layer=2, embeddings=False)}, h, jnp.asarray(mask))
+  out, _ = upper.apply({"params": bert.from_hf_bert(flat, 2, first_layer=2, embeddings=False)}, h,
+                       jnp.asarray(mask))
   np.testing.assert_allclose(np.asarray(out)[real], expected[real], atol=2e-5, rtol=1e-4)
 
   fusion = bert.BertEncoder(num_layers=1, hidden_size=32, mlp_dim=64, num_heads=2, cross_attention_from=0,
@@ -68,7 +69,7 @@ def test_split_bert_and_cross_attention(hf_bert):
   video_mask = jnp.asarray([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], bool)
   params = fusion.init(jax.random.key(1), h, jnp.asarray(mask), context=video)["params"]
   run = lambda v: np.asarray(fusion.apply({"params": params}, h, jnp.asarray(mask), context=v,
-                                          context_mask=video_mask))
+                                          context_mask=video_mask)[0])
   base = run(video)
   moved = video.at[1, 3:].add(5.0).at[2, 1:].add(5.0)  # only masked context tokens change
   np.testing.assert_allclose(run(moved), base, atol=1e-5)
@@ -112,7 +113,7 @@ def test_real_minilm_weights_match_hf():
                           hidden_size=cfg["hidden_size"], mlp_dim=cfg["intermediate_size"],
                           num_heads=cfg["num_attention_heads"], max_positions=cfg["max_position_embeddings"])
   params = bert.from_hf_bert(load_file(os.path.join(path, "model.safetensors")), cfg["num_attention_heads"])
-  got = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+  got, _ = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
   real = mask.astype(bool)
   np.testing.assert_allclose(np.asarray(got)[real], expected.numpy()[real], atol=1e-4, rtol=1e-4)
 
@@ -139,7 +140,7 @@ def test_causal_cross_attending_decoder_matches_hf():
                           cross_attention_from=0, causal=True)
   params = bert.from_hf_bert(flat, 2)
   run = lambda i: np.asarray(ours.apply({"params": params}, jnp.asarray(i), jnp.asarray(mask),
-                                        context=jnp.asarray(context), context_mask=jnp.asarray(context_mask)))
+                                        context=jnp.asarray(context), context_mask=jnp.asarray(context_mask))[0])
   got = run(ids)
   real = mask.astype(bool)
   np.testing.assert_allclose(got[real], expected[real], atol=2e-5, rtol=1e-4)
@@ -159,19 +160,24 @@ def test_multimodal_pruning_keeps_what_the_text_cls_attends_to():
             dropout_rate=0.0)
   enc = bert.BertEncoder(num_layers=2, context_prune_after=(1,), context_keep_rate=0.4, **kw)
   params = enc.init(jax.random.key(0), ids, context=context)["params"]
-  out, (kept, kept_mask) = enc.apply({"params": params}, ids, context=context, return_context=True)
+  out, aux = enc.apply({"params": params}, ids, context=context)
+  kept, kept_mask = aux["context"], aux["context_mask"]
   assert kept.shape == (2, 1 + 4, 24) and kept_mask is None  # ceil(0.4 * 10) = 4
+  assert aux["layers"][0]["cls_attention"].shape == (2, 10) and aux["layers"][1] == {}
   # Reference: the embeddings, then layer 1 with its [CLS] cross-attention, pruned by hand, then layer 2.
   plain = bert.BertEncoder(num_layers=0, **kw)
-  x = plain.apply({"params": {k: v for k, v in params.items() if not k.startswith("layer_")}}, ids)
-  layer = lambda **f: bert.BertLayer(2, 64, cross_attention=True, dropout_rate=0.0, attention_dropout_rate=0.0, **f)
-  x1, scores = layer(return_context_attention=True).apply({"params": params["layer_00"]}, x, None, context)
+  x, _ = plain.apply({"params": {k: v for k, v in params.items() if not k.startswith("layer_")}}, ids)
+  layer = lambda **f: bert.BertBlock(2, 64, cross_attention=True, dropout_rate=0.0, attention_dropout_rate=0.0, **f)
+  carry, layer_aux = layer(context_keep_rate=0.4).apply({"params": params["layer_00"]},
+                                                        {"x": x, "context": context}, {}, 0, False)
+  x1, scores = carry["x"], layer_aux["cls_attention"]
   top = np.sort(np.argsort(-np.asarray(scores), axis=1)[:, :4], axis=1)
   manual = np.concatenate([np.asarray(context)[:, :1],
                            np.take_along_axis(np.asarray(context)[:, 1:], top[..., None], axis=1)], axis=1)
   np.testing.assert_allclose(np.asarray(kept), manual, atol=1e-6)
-  x2 = layer().apply({"params": params["layer_01"]}, x1, None, jnp.asarray(manual))
-  np.testing.assert_allclose(np.asarray(out), np.asarray(x2), atol=1e-5)
+  np.testing.assert_allclose(np.asarray(carry["context"]), manual, atol=1e-6)
+  carry2, _ = layer().apply({"params": params["layer_01"]}, {"x": x1, "context": jnp.asarray(manual)}, {}, 1, False)
+  np.testing.assert_allclose(np.asarray(out), np.asarray(carry2["x"]), atol=1e-5)
   with pytest.raises(ValueError, match="keep rate"):
     bert.BertEncoder(num_layers=2, context_prune_after=(1,), context_keep_rate=1.5, **kw).init(
         jax.random.key(0), ids, context=context)

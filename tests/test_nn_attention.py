@@ -1,4 +1,4 @@
-"""Attention kernels, the dispatch point and T5 relative position buckets."""
+"""Attention kernels (vlm/nn/kernels/), the registry, the attention layer and T5 relative position buckets."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from vlm.nn import attention
+from vlm.nn import kernels
+from vlm.nn.kernels import dense
 
 
 def _qkv(b=2, t=5, h=3, k=8, seed=0):
@@ -27,12 +29,12 @@ def test_dense_matches_numpy_with_mask_and_bias():
   mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
   bias = jnp.asarray(np.random.default_rng(3).normal(size=(1, 3, 5, 5)), jnp.float32)
   want = _numpy_attention(q, k, v, mask, bias)
-  run = jax.jit(lambda *a: [attention.dense_attention(*a, mask=mask, bias=bias, implementation=impl)
+  run = jax.jit(lambda *a: [dense.dense_attention(*a, mask=mask, bias=bias, implementation=impl)
                             for impl in ("auto", "fused", "explicit")])
   for got in run(q, k, v):
     np.testing.assert_allclose(got, want, atol=1e-5)
   with pytest.raises(ValueError, match="implementation='flash'"):
-    attention.dense_attention(q, k, v, implementation="flash")
+    dense.dense_attention(q, k, v, implementation="flash")
 
 
 @pytest.mark.parametrize("t,s,masked,biased", [(5, 7, False, False), (5, 7, True, True), (4, 7, False, True),
@@ -48,13 +50,13 @@ def test_even_length_inputs_give_the_same_attention(t, s, masked, biased):
   cot = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
 
   def padded(q, k, v):
-    qp, kp, vp, c_bias, c_mask, lengths = attention.even_length_inputs(q, k, v, mask=mask, bias=bias)
+    qp, kp, vp, c_bias, c_mask, lengths = dense.even_length_inputs(q, k, v, mask=mask, bias=bias)
     assert qp.shape[1] % 2 == 0 and kp.shape[1] % 2 == 0 and vp.shape == kp.shape
     return jax.nn.dot_product_attention(qp, kp, vp, bias=c_bias, mask=c_mask, key_value_seq_lengths=lengths,
                                         implementation="xla")[:, :t]
 
   def reference(q, k, v):
-    return attention.explicit_attention(q, k, v, mask=mask, bias=bias)
+    return dense.explicit_attention(q, k, v, mask=mask, bias=bias)
 
   np.testing.assert_allclose(padded(q, k, v), reference(q, k, v), atol=1e-5)
   grads = [jax.grad(lambda *a, f=f: jnp.vdot(f(*a), cot), argnums=(0, 1, 2))(q, k, v) for f in (padded, reference)]
@@ -72,33 +74,33 @@ def test_written_out_softmax_matches_jax_values_and_gradients():
   logits = jnp.asarray(logits)
   cot = jnp.asarray(rng.normal(size=logits.shape), jnp.float32)
   for axis in (-1, -2):
-    ours = lambda x, axis=axis: jnp.vdot(attention.softmax(x, axis=axis), cot)
+    ours = lambda x, axis=axis: jnp.vdot(dense.softmax(x, axis=axis), cot)
     ref = lambda x, axis=axis: jnp.vdot(jax.nn.softmax(x, axis=axis), cot)
-    np.testing.assert_allclose(attention.softmax(logits, axis), jax.nn.softmax(logits, axis=axis), atol=1e-6)
+    np.testing.assert_allclose(dense.softmax(logits, axis), jax.nn.softmax(logits, axis=axis), atol=1e-6)
     np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(ref)(logits), atol=1e-5)
-    np.testing.assert_allclose(np.sum(attention.softmax(logits, axis), axis), 1.0, atol=1e-6)
+    np.testing.assert_allclose(np.sum(dense.softmax(logits, axis), axis), 1.0, atol=1e-6)
 
 
 def test_attention_dropout_only_in_training():
   q, k, v = _qkv()
   rng = jax.random.PRNGKey(1)
   run = jax.jit(lambda q, k, v: (
-      attention.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=True),
-      attention.dense_attention(q, k, v),
-      attention.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=False)))
+      dense.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=True),
+      dense.dense_attention(q, k, v),
+      dense.dense_attention(q, k, v, dropout_rate=0.5, dropout_rng=rng, deterministic=False)))
   det, plain, noisy = run(q, k, v)
   np.testing.assert_allclose(det, plain, atol=1e-6)
   assert not np.allclose(noisy, det)
   with pytest.raises(ValueError, match="dropout_rng"):
-    attention.dense_attention(q, k, v, dropout_rate=0.5, deterministic=False)
+    dense.dense_attention(q, k, v, dropout_rate=0.5, deterministic=False)
 
 
 def test_dispatch_point():
-  assert attention.get_attention_fn("dense") is attention.dense_attention
+  assert kernels.get_attention_fn("dense") is dense.dense_attention
   with pytest.raises(ValueError, match="Unknown attention 'nope'"):
-    attention.get_attention_fn("nope")
+    kernels.get_attention_fn("nope")
   with pytest.raises(ValueError, match="already registered"):
-    attention.register_attention("dense")(attention.dense_attention)
+    kernels.register_attention("dense")(dense.dense_attention)
 
 
 def test_mha_ignores_padded_keys_and_names_axes():
@@ -106,7 +108,7 @@ def test_mha_ignores_padded_keys_and_names_axes():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 8)), jnp.float32)
   mask = jnp.array([[1, 1, 0, 0]])
   variables = jax.jit(lambda r: mha.init(r, x, mask=mask))(jax.random.PRNGKey(1))
-  apply = jax.jit(lambda x: mha.apply(variables, x, mask=mask))
+  apply = jax.jit(lambda x: mha.apply(variables, x, mask=mask)[0])
   y1 = apply(x)
   y2 = apply(x.at[:, 2:].set(100.0))  # change only the padding
   np.testing.assert_allclose(y1[:, :2], y2[:, :2], atol=1e-5)
@@ -142,7 +144,7 @@ def test_attention_dropout_keeps_the_configured_fraction_unbiased():
   b, t, h, s, rate = 4, 64, 2, 256, 0.3
   zeros = jnp.zeros((b, t, h, 8))
   keys = jnp.zeros((b, s, h, 8))
-  out = attention.explicit_attention(zeros, keys, jnp.ones((b, s, h, 8)), dropout_rate=rate,
+  out = dense.explicit_attention(zeros, keys, jnp.ones((b, s, h, 8)), dropout_rate=rate,
                                      dropout_rng=jax.random.PRNGKey(0), deterministic=False)
   kept = np.asarray(out[..., 0]) * (1 - rate)  # fraction of keys kept per query
   assert abs(kept.mean() - (1 - rate)) < 0.005

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from vlm.nn import attention
-from vlm.nn import block_sparse as bs
+from vlm.nn import kernels
 from vlm.nn import transformer
+from vlm.nn.kernels import block_sparse as bs
+from vlm.nn.kernels import dense as dense_lib
 
 
 def _qkv(b=2, n=1 + 37, h=2, k=8, seed=0):
@@ -132,7 +134,7 @@ def test_all_blocks_is_dense_attention():
   """A pattern naming every block (gather path) is dense attention; so is the shortcut the kernel takes when
   K_l + K_r >= nblk (the late, pruned layers of an encoder), even when K_l + K_r exceeds the block count."""
   q, k, v = _qkv(n=1 + 24)
-  dense = attention.explicit_attention(q, k, v)
+  dense = dense_lib.explicit_attention(q, k, v)
   every = jnp.asarray([[i, (i + 1) % 4, (i + 2) % 4, (i + 3) % 4] for i in range(4)], jnp.int32)
   gathered = bs.block_sparse_attention(q, k, v, block_size=6, local_blocks=1, random_blocks=3, pattern=every)
   np.testing.assert_allclose(gathered, dense, atol=1e-5, rtol=1e-5)
@@ -171,18 +173,17 @@ def test_training_redraws_the_pattern_and_eval_is_fixed():
   layer = attention.MultiHeadAttention(num_heads=2, head_dim=8, attention="block_sparse", attention_kwargs=kw)
   x = jax.random.normal(jax.random.key(0), (2, 61, 16))
   params = layer.init(jax.random.key(0), x)
-  a = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(5)})
-  b = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(6)})
+  a, _ = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(5)})
+  b, _ = layer.apply(params, x, train=True, rngs={"dropout": jax.random.key(6)})
   assert not np.allclose(a, b)
-  np.testing.assert_array_equal(layer.apply(params, x), layer.apply(params, x))
+  np.testing.assert_array_equal(layer.apply(params, x)[0], layer.apply(params, x)[0])
 
 
 def test_every_encoder_layer_evaluates_with_its_own_fixed_pattern():
   kw = dict(block_size=6, local_blocks=1, random_blocks=2, num_global=1, eval_seed=3)
-  per_layer = [bs.layer_options("block_sparse", kw, i) for i in range(3)]
-  assert [o["layer"] for o in per_layer] == [0, 1, 2] and all(o["eval_seed"] == 3 for o in per_layer)
-  assert bs.layer_options("block_sparse", None, 2) == {"layer": 2}  # the default seed, per layer too
-  assert bs.layer_options("dense", {"implementation": "explicit"}, 1) == {"implementation": "explicit"}  # as is
+  # The registry says which kernels take the layer index: attention layers pass it to those only.
+  assert kernels.takes_layer("block_sparse") and not kernels.takes_layer("dense")
+  per_layer = [dict(kw, layer=i) for i in range(3)]
   # Layer i evaluates with the pattern of the seed's key with i folded in, eval_key((seed, i)): fixed, distinct.
   patterns = [np.asarray(bs.block_pattern(bs.eval_key((3, i)), 10, 1, 2)) for i in range(3)]
   assert not np.array_equal(patterns[0], patterns[1]) and not np.array_equal(patterns[1], patterns[2])
@@ -200,6 +201,18 @@ def test_every_encoder_layer_evaluates_with_its_own_fixed_pattern():
   np.testing.assert_array_equal(got, make(kw).apply(params, x)[0])
   one_pattern = dict(kw, pattern=bs.block_pattern(bs.eval_key((3, 0)), 10, 1, 2))
   assert not np.allclose(got, make(one_pattern).apply(params, x)[0], atol=1e-4)
+  # The attention layer hands its `layer` argument to the kernel: layer 1's pattern, as the kernel called directly.
+  mha = attention.MultiHeadAttention(num_heads=2, head_dim=8, attention="block_sparse", attention_kwargs=kw)
+  mha_params = mha.init(jax.random.key(0), x)
+  with_pattern = attention.MultiHeadAttention(num_heads=2, head_dim=8, attention="block_sparse",
+                                              attention_kwargs=dict(opts, pattern=jnp.asarray(patterns[1])))
+  np.testing.assert_array_equal(mha.apply(mha_params, x, layer=1)[0], with_pattern.apply(mha_params, x)[0])
+
+
+def test_block_sparse_is_self_attention_only():
+  q, k, v = _qkv(n=61)
+  with pytest.raises(ValueError, match="self-attention"):
+    bs.block_sparse_attention(q, k[:, :40], v[:, :40], block_size=6, local_blocks=1, random_blocks=2)
 
 
 def test_space_filling_orders():
@@ -229,8 +242,8 @@ def test_fused_paths_take_cudnn_on_gpu():
   cot = jax.random.normal(jax.random.key(8), (b, n, h, d))
   mask = jnp.ones((b, n), bool).at[1, 50:].set(False)
   bias = jax.random.normal(jax.random.key(9), (1, h, n, n))
-  kernels = {"dense": lambda impl: lambda *a: attention.dense_attention(*a, implementation=impl),
-             "dense, mask and bias": lambda impl: lambda *a: attention.dense_attention(
+  kernels = {"dense": lambda impl: lambda *a: dense_lib.dense_attention(*a, implementation=impl),
+             "dense, mask and bias": lambda impl: lambda *a: dense_lib.dense_attention(
                  *a, mask=mask, bias=bias, implementation=impl),
              "block_sparse": lambda impl: lambda *a: bs.block_sparse_attention(*a, implementation=impl, **kw),
              "block_sparse, mask and bias": lambda impl: lambda *a: bs.block_sparse_attention(

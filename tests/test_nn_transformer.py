@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlm.nn import attention
+from vlm.nn import kernels
+from vlm.nn.kernels import dense
 from vlm.nn import logical
 from vlm.nn import transformer
 
@@ -77,11 +78,11 @@ def test_names_belong_to_the_parallel_vocabulary():
 def test_registered_kernel_with_options_runs_under_scan_and_remat():
   seen = []
 
-  @attention.register_attention("test_scaled_dense")
+  @kernels.register_attention("test_scaled_dense")
   def scaled(query, key, value, *, mask=None, bias=None, dropout_rate=0.0, dropout_rng=None, deterministic=True,
              query_scale=1.0):
     seen.append(query_scale)
-    return attention.dense_attention(query * query_scale, key, value, mask=mask, bias=bias)
+    return dense.dense_attention(query * query_scale, key, value, mask=mask, bias=bias)
 
   x, mask = _x()
   enc = transformer.Encoder(**KW, scan=True, remat=True, attention="test_scaled_dense",

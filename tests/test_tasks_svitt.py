@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from vlm import config_lib
-from vlm.nn import block_sparse
+from vlm.nn.kernels import block_sparse
 from vlm.nn import video_positions
 from vlm.tasks import matching
 from vlm.tasks import answer_decoding

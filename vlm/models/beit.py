@@ -1,8 +1,8 @@
 """BEiT video encoder (SViTT's visual encoder f_v; supplement equations 4-11) and HF BEiT checkpoints.
 
 video [B, T, H, W, 3] -> per-frame 16x16 patches (vlm/nn/patch.py) -> [CLS] + T H W tokens (+ absolute positions
-when the model has them) -> BEiT layers -> (tokens, pooled). A BEiT layer is pre-norm like ViT with three
-differences, all kept here:
+when the model has them) -> BEiT layers (`BeitBlock`s in the shared stack, vlm/nn/transformer.py) -> (tokens,
+aux). A BEiT layer is pre-norm like ViT with three differences, all kept here:
 
 * a relative position bias per layer: a table [(2T-1)(2H-1)(2W-1) + 3, heads] read at each (query, key) token
   pair (vlm/nn/video_positions.py; equations 8-10), inflated from the 2-D image table (equation 11);
@@ -34,7 +34,6 @@ import numpy as np
 
 from vlm.models import hf_weights
 from vlm.nn import attention as attention_lib
-from vlm.nn import block_sparse
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
@@ -42,27 +41,48 @@ from vlm.nn import patch as patch_lib
 from vlm.nn import token_pruning
 from vlm.nn import transformer
 from vlm.nn import video_positions
+from vlm.nn.kernels import block_sparse
 
 
 class BeitBlock(nn.Module):
-  """One BEiT layer over [B, N, D] tokens with `positions` [B, N] into a (1 + T H W) grid."""
+  """One BEiT layer: carry {'x' [B, N, D], 'positions' [B, N] into the (1 + T H W) grid}; shared unused.
+
+  Pre-norm like ViT, with a relative position bias of its own, layer scale on both residual branches and
+  stochastic depth (module docstring). With `keep_rate` < 1 the layer prunes the patch tokens after itself to
+  ceil(q N) by its head-averaged [CLS] attention (aux['cls_attention'] [B, N - 1]), positions alongside.
+
+  Attributes:
+    num_heads, mlp_dim: attention heads and feed-forward width.
+    grid: (T, H, W) patch grid of the relative-position table.
+    layer_scale_init: initial layer-scale value (BEiT-base 0.1); None: no layer scale.
+    dropout_rate, attention_dropout_rate: dropout on the branches / the attention probabilities.
+    drop_path_rates: stochastic-depth rate of every layer of the stack, read at the layer's index (BEiT: linear
+      from 0 to the maximum); () for none.
+    attention, attention_kwargs: the registered attention kernel (vlm/nn/kernels/) and its options.
+    layer_norm_epsilon: LayerNorm epsilon (1e-12).
+    keep_rate: q_v of the pruning after this layer; 1.0 keeps every token.
+    dtype: computation dtype.
+  """
   num_heads: int
   mlp_dim: int
   grid: tuple[int, int, int]
   layer_scale_init: float | None = 0.1
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
-  drop_path_rate: float = 0.0
+  drop_path_rates: tuple[float, ...] = ()
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   layer_norm_epsilon: float = 1e-12
-  return_cls_attention: bool = False
+  keep_rate: float = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, positions: jax.Array, *, train: bool = False):
-    """-> x [B, N, D], or (x, [CLS] attention over the other tokens [B, N - 1]) with return_cls_attention."""
+  def __call__(self, carry: transformer.Carry, shared: Mapping[str, Any], layer: int | jax.Array, train: bool
+               ) -> tuple[transformer.Carry, dict[str, Any]]:
+    del shared  # BEiT's bias is each layer's own, read at the carried positions
+    x, positions = carry["x"], carry["positions"]
     d = x.shape[-1]
+    prune = self.keep_rate < 1.0
     table = self.param("relative_position_bias_table",
                        nn.with_logical_partitioning(nn.initializers.zeros, (None, ax.HEADS)),
                        (video_positions.table_size(self.grid), self.num_heads), jnp.float32)
@@ -70,32 +90,55 @@ class BeitBlock(nn.Module):
     pair = index[positions[:, :, None], positions[:, None, :]]  # [B, N, N]
     bias = jnp.moveaxis(table[pair], -1, 1)  # [B, heads, N, N]
     y = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "ln_attention")(x)
-    y = attention_lib.MultiHeadAttention(
+    y, attn_aux = attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
-        attention=self.attention, attention_kwargs=self.attention_kwargs,
-        return_cls_attention=self.return_cls_attention, dtype=self.dtype, name="attention")(y, bias=bias, train=train)
-    y, cls_attention = y if self.return_cls_attention else (y, None)
-    x = x + self._branch(y, "layer_scale_attention", train)
+        attention=self.attention, attention_kwargs=self.attention_kwargs, cls_attention=prune, dtype=self.dtype,
+        name="attention")(y, bias=bias, train=train, layer=layer)
+    x = x + self._branch(y, "layer_scale_attention", layer, train)
     y = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "ln_mlp")(x)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype, name="mlp")(
         y, deterministic=not train)
-    x = x + self._branch(y, "layer_scale_mlp", train)
-    return (x, cls_attention) if self.return_cls_attention else x
+    x = x + self._branch(y, "layer_scale_mlp", layer, train)
+    if not prune:
+      return {**carry, "x": x}, {}
+    # Node sparsity: keep the tokens [CLS] attended to most in this layer (vlm/nn/token_pruning.py).
+    x, kept, _ = token_pruning.prune(x, attn_aux["cls_attention"], self.keep_rate, positions=positions[:, 1:])
+    positions = jnp.concatenate([positions[:, :1], kept], axis=1)
+    return {**carry, "x": x, "positions": positions}, attn_aux
 
-  def _branch(self, y: jax.Array, scale_name: str, train: bool) -> jax.Array:
+  def _branch(self, y: jax.Array, scale_name: str, layer: int | jax.Array, train: bool) -> jax.Array:
     y = dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
     if self.layer_scale_init is not None:
       scale = self.param(scale_name, nn.with_logical_partitioning(
           nn.initializers.constant(self.layer_scale_init), (ax.EMBED,)), (y.shape[-1],), jnp.float32)
       y = y * scale.astype(y.dtype)
-    if train and self.drop_path_rate > 0.0:  # stochastic depth: drop the whole branch per example
-      keep = dropout_lib.keep_mask(self.make_rng("dropout"), (y.shape[0], 1, 1), self.drop_path_rate)
-      y = jnp.where(keep, y / (1.0 - self.drop_path_rate), 0.0)
-    return y
+    return self._drop_path(y, layer, train)
+
+  def _drop_path(self, y: jax.Array, layer: int | jax.Array, train: bool) -> jax.Array:
+    """Stochastic depth: the whole branch dropped per example at this layer's rate, survivors scaled up."""
+    if not train or not any(r > 0.0 for r in self.drop_path_rates):
+      return y
+    shape = (y.shape[0], 1, 1)
+    if isinstance(layer, (int, np.integer)):  # unrolled: a static rate, and no draw at all where it is 0
+      rate = self.drop_path_rates[layer]
+      if rate == 0.0:
+        return y
+      keep = dropout_lib.keep_mask(self.make_rng("dropout"), shape, rate)
+      return jnp.where(keep, y / (1.0 - rate), 0.0)
+    # Scanned: the rate is read at the traced index, as exact tables (the threshold and divisor of each rate).
+    thresholds = np.array([dropout_lib.keep_threshold(r) for r in self.drop_path_rates], np.uint32)
+    divisors = np.array([1.0 - r for r in self.drop_path_rates], np.float32)
+    keep = dropout_lib.hashed_bits(self.make_rng("dropout"), shape) < jnp.asarray(thresholds)[layer]
+    keep = keep | jnp.asarray(np.array(self.drop_path_rates) == 0.0)[layer]
+    return jnp.where(keep, y / jnp.asarray(divisors)[layer].astype(y.dtype), 0.0)
 
 
 class VideoBeit(nn.Module):
-  """video [B, T, H, W, 3] -> (tokens [B, 1 + N, D], {'pooled' [B, D], 'positions' [B, 1 + N]})."""
+  """video [B, T, H, W, 3] -> (tokens [B, 1 + N', D], aux): patch embedding, [CLS] and positions, then a
+  `transformer.Stack` of `BeitBlock`s.
+
+  aux: 'pooled' [B, D]; 'positions' [B, 1 + N'] (grid index of every kept token, pruning and token order
+  included); 'layers' the L layers' aux dicts ('cls_attention' [B, N_l] on the layers that prune)."""
   num_layers: int = 12
   hidden_size: int = 768
   mlp_dim: int = 3072
@@ -115,6 +158,8 @@ class VideoBeit(nn.Module):
   prune_after: tuple[int, ...] = ()  # 1-based layers after which tokens are pruned (SViTT: 4, 7, 10)
   keep_rate: float = 1.0  # q_v: fraction of the patch tokens kept at each pruning
   token_order: str = "raster"  # 'morton' | 'hilbert': tokens laid out along a space-filling curve (table A7)
+  remat: bool = False  # rematerialise each layer in the backward pass
+  scan: bool = False  # nn.scan over the layers (identical layers: no pruning); params under 'layer' stacked
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -148,19 +193,19 @@ class VideoBeit(nn.Module):
       order = np.concatenate([[0], 1 + block_sparse.token_order(grid, self.token_order)])
       x = x[:, order]
     positions = jnp.broadcast_to(jnp.asarray(order), (b, x.shape[1]))
-    for i in range(self.num_layers):
-      drop_path = self.drop_path_rate * i / max(1, self.num_layers - 1)  # linear decay as BEiT
-      prune = (i + 1) in self.prune_after and self.keep_rate < 1.0
-      out = BeitBlock(self.num_heads, self.mlp_dim, grid, self.layer_scale_init, self.dropout_rate,
-                      self.attention_dropout_rate, drop_path, self.attention,
-                      block_sparse.layer_options(self.attention, self.attention_kwargs, i),
-                      self.layer_norm_epsilon, prune, self.dtype, name=f"layer_{i:02d}")(x, positions, train=train)
-      if prune:  # node sparsity: keep the tokens [CLS] attended to most in this layer (vlm/nn/token_pruning.py)
-        x, scores = out
-        x, kept, _ = token_pruning.prune(x, scores, self.keep_rate, positions=positions[:, 1:])
-        positions = jnp.concatenate([positions[:, :1], kept], axis=1)
-      else:
-        x = out
+    block_kwargs = dict(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, grid=grid, layer_scale_init=self.layer_scale_init,
+        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
+        drop_path_rates=tuple(self.drop_path_rate * i / max(1, self.num_layers - 1)  # linear decay as BEiT
+                              for i in range(self.num_layers)) if self.drop_path_rate else (),
+        attention=self.attention, attention_kwargs=self.attention_kwargs,
+        layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype)
+    pruned = [(i + 1) in self.prune_after and self.keep_rate < 1.0 for i in range(self.num_layers)]
+    stack = transformer.Stack(
+        BeitBlock, self.num_layers, block_kwargs, layer_name="layer", remat=self.remat, scan=self.scan,
+        layer_kwargs=[{"keep_rate": self.keep_rate} if p else {} for p in pruned] if any(pruned) else None)
+    nn.share_scope(self, stack)  # layer_<i> next to the embeddings, as HF BEiT (`from_hf_beit`)
+    x, aux = stack(x, carry={"positions": positions}, train=train)
     norm = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "pool_norm" if self.mean_pooling
                                   else "encoder_norm")
     if self.mean_pooling:  # BEiT: tokens stay un-normalised, the pooled mean of the patches is normalised
@@ -168,7 +213,7 @@ class VideoBeit(nn.Module):
     else:
       x = norm(x)
       pooled = x[:, 0]
-    return x, {"pooled": pooled, "positions": positions}
+    return x, {**aux, "pooled": pooled}
 
 
 def from_hf_beit(flat: Mapping[str, Any], num_heads: int, *, image_grid: tuple[int, int],

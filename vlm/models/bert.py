@@ -4,9 +4,12 @@ BERT layers are post-norm: h = LN(x + Dropout(SelfAttn(x))), [h = LN(h + Dropout
 out = LN(h + Dropout(MLP(h))), exact GELU, LayerNorm eps 1e-12. Embeddings: word + learned absolute position +
 token type (type 0 for text), then LayerNorm and dropout.
 
-`BertEncoder(num_layers, cross_attention_from=k)`: layers k.. also cross-attend to a `context` (the video tokens),
+`BertEncoder(num_layers, cross_attention_from=k)`: the embeddings, then the shared layer stack
+(vlm/nn/transformer.py `Stack`) of `BertBlock`s; layers k.. also cross-attend to a `context` (the video tokens),
 which makes the upper layers of a BERT the multimodal encoder f_m; with k >= num_layers it is the plain text
-encoder f_t. Singularity / SViTT split one 12-layer BERT into 9 text layers and 3 multimodal layers.
+encoder f_t. Singularity / SViTT split one 12-layer BERT into 9 text layers and 3 multimodal layers. Self- and
+cross-attention take any registered kernel (vlm/nn/kernels/). It returns (hidden states, aux), aux holding the
+context as the last layer saw it.
 
 Multimodal node sparsity (SViTT supplement A.1, q_m): with `context_prune_after=(1,)` and `context_keep_rate=q_m`,
 after the cross-attention of those layers (1-based) the context keeps its first token ([CLS]) and the ceil(q_m N)
@@ -39,41 +42,68 @@ from vlm.nn import token_pruning
 from vlm.nn import transformer
 
 
-class BertLayer(nn.Module):
-  """One post-norm BERT layer, optionally with cross-attention to a context."""
+class BertBlock(nn.Module):
+  """One post-norm BERT layer, optionally cross-attending to a context.
+
+  carry: 'x' [B, L, D] text states, 'context' [B, M, Dc] (or None) and 'context_mask' [B, M] (or None); shared:
+  'mask' [B, L] text key mask (or None). With `context_keep_rate` < 1 the layer prunes the context after itself
+  to its first token ([CLS]) and the ceil(q_m (M - 1)) tokens the text [CLS] cross-attended to most, averaged
+  over heads (aux['cls_attention'] [B, M - 1]).
+
+  Attributes:
+    num_heads, mlp_dim: attention heads and feed-forward width.
+    cross_attention: cross-attend to carry['context'] after the self-attention.
+    causal: causal self-attention (the answer decoder).
+    context_keep_rate: q_m of the pruning after this layer; 1.0 keeps the whole context.
+    attention, attention_kwargs: the self-attention kernel (vlm/nn/kernels/) and its options.
+    cross_attention_kernel, cross_attention_kwargs: the cross-attention kernel and its options (any registered
+      kernel that takes queries and keys of different lengths).
+    dropout_rate, attention_dropout_rate: dropout on the branches / the attention probabilities (0.1).
+    layer_norm_epsilon: LayerNorm epsilon (1e-12).
+    dtype: computation dtype.
+  """
   num_heads: int
   mlp_dim: int
   cross_attention: bool = False
   causal: bool = False
-  return_context_attention: bool = False  # also return the text [CLS]'s cross-attention over context[1:]
+  context_keep_rate: float = 1.0
+  attention: str = "dense"
+  attention_kwargs: Mapping[str, Any] | None = None
+  cross_attention_kernel: str = "dense"
+  cross_attention_kwargs: Mapping[str, Any] | None = None
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-12
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array | None, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, *, train: bool = False):
-    """x [B, L, D] -> [B, L, D], or (that, [B, M - 1] [CLS] cross-attention) with return_context_attention."""
+  def __call__(self, carry: transformer.Carry, shared: Mapping[str, Any], layer: int | jax.Array, train: bool
+               ) -> tuple[transformer.Carry, dict[str, Any]]:
+    x, context, context_mask = carry["x"], carry.get("context"), carry.get("context_mask")
     d = x.shape[-1]
     drop = lambda y: dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
-    attn = lambda name, **kw: attention_lib.MultiHeadAttention(
+    attn = lambda name, kernel, options, **kw: attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
-        dtype=self.dtype, name=name, **kw)
+        attention=kernel, attention_kwargs=options, dtype=self.dtype, name=name, **kw)
     norm = lambda name: transformer.layer_norm(self.layer_norm_epsilon, self.dtype, name)
     bias = causal_bias(x.shape[1]) if self.causal else None
-    x = norm("ln_attention")(x + drop(attn("attention")(x, mask=mask, bias=bias, train=train)))
-    scores = None
+    y, _ = attn("attention", self.attention, self.attention_kwargs)(x, mask=shared.get("mask"), bias=bias,
+                                                                    train=train, layer=layer)
+    x = norm("ln_attention")(x + drop(y))
+    aux = {}
     if self.cross_attention:
       if context is None:
         raise ValueError("This BERT layer cross-attends: pass the context (e.g. video tokens).")
-      y = attn("cross_attention", return_cls_attention=self.return_context_attention)(
-          x, context=context, mask=context_mask, train=train)
-      y, scores = y if self.return_context_attention else (y, None)
+      y, aux = attn("cross_attention", self.cross_attention_kernel, self.cross_attention_kwargs,
+                    cls_attention=self.context_keep_rate < 1.0)(x, context=context, mask=context_mask,
+                                                                train=train, layer=layer)
       x = norm("ln_cross_attention")(x + drop(y))
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=0.0, dtype=self.dtype, name="mlp")(x, deterministic=not train)
     x = norm("ln_mlp")(x + drop(y))
-    return (x, scores) if self.return_context_attention else x
+    if self.cross_attention and self.context_keep_rate < 1.0:  # multimodal node sparsity (q_m)
+      context, _, context_mask = token_pruning.prune(context, aux["cls_attention"], self.context_keep_rate,
+                                                     mask=context_mask)
+    return {**carry, "x": x, "context": context, "context_mask": context_mask}, aux
 
 
 def causal_bias(length: int) -> jax.Array:
@@ -83,7 +113,12 @@ def causal_bias(length: int) -> jax.Array:
 
 
 class BertEncoder(nn.Module):
-  """ids [B, L] (+ mask) -> hidden states [B, L, D]; layers >= cross_attention_from attend to `context`."""
+  """ids [B, L] (+ mask) -> (hidden states [B, L, D], aux): embeddings, then a `transformer.Stack` of
+  `BertBlock`s; layers >= cross_attention_from cross-attend to `context`.
+
+  aux: 'context' and 'context_mask' as the last layer saw them (after pruning; None without a context), and
+  'layers', the layers' aux dicts ('cls_attention' [B, M - 1] on the layers that prune the context).
+  """
   vocab_size: int = 30522
   num_layers: int = 12
   hidden_size: int = 768
@@ -96,19 +131,21 @@ class BertEncoder(nn.Module):
   causal: bool = False  # causal self-attention (answer decoder)
   context_prune_after: tuple[int, ...] = ()  # 1-based layers after whose cross-attention the context is pruned
   context_keep_rate: float = 1.0  # q_m
+  attention: str = "dense"  # self-attention kernel (vlm/nn/kernels/)
+  attention_kwargs: Mapping[str, Any] | None = None
+  cross_attention_kernel: str = "dense"
+  cross_attention_kwargs: Mapping[str, Any] | None = None
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   layer_norm_epsilon: float = 1e-12
+  remat: bool = False  # rematerialise each layer in the backward pass
+  scan: bool = False  # nn.scan over the layers (identical layers only); params under 'layer' stacked
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, inputs: jax.Array, mask: jax.Array | None = None, *, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None, train: bool = False,
-               return_context: bool = False):
-    """ids [B, L] (or hidden states [B, L, D] when embed=False) -> hidden states [B, L, D].
-
-    With return_context=True also returns (context, context_mask) as the last layer saw them (after pruning).
-    """
+               context_mask: jax.Array | None = None, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """ids [B, L] (or hidden states [B, L, D] when embed=False) -> (hidden states [B, L, D], aux)."""
     if self.context_prune_after:
       token_pruning.keep_count(1, self.context_keep_rate)  # validates q_m before any compute
     if self.embed:
@@ -127,19 +164,21 @@ class BertEncoder(nn.Module):
     else:
       x = inputs
     mask = None if mask is None else mask.astype(bool)
+    block_kwargs = dict(
+        num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=self.causal, attention=self.attention,
+        attention_kwargs=self.attention_kwargs, cross_attention_kernel=self.cross_attention_kernel,
+        cross_attention_kwargs=self.cross_attention_kwargs, dropout_rate=self.dropout_rate,
+        attention_dropout_rate=self.attention_dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon,
+        dtype=self.dtype)
+    layer_kwargs = []
     for i in range(self.num_layers):
       cross = i >= self.cross_attention_from
       prune = cross and (i + 1) in self.context_prune_after and self.context_keep_rate < 1.0
-      out = BertLayer(self.num_heads, self.mlp_dim, cross_attention=cross, causal=self.causal,
-                      return_context_attention=prune, dropout_rate=self.dropout_rate,
-                      attention_dropout_rate=self.attention_dropout_rate, layer_norm_epsilon=self.layer_norm_epsilon,
-                      dtype=self.dtype, name=f"layer_{i:02d}")(x, mask, context, context_mask, train=train)
-      if prune:  # multimodal node sparsity by the text [CLS]'s cross-attention (q_m)
-        x, scores = out
-        context, _, context_mask = token_pruning.prune(context, scores, self.context_keep_rate, mask=context_mask)
-      else:
-        x = out
-    return (x, (context, context_mask)) if return_context else x
+      layer_kwargs.append(dict(cross_attention=cross, context_keep_rate=self.context_keep_rate if prune else 1.0))
+    stack = transformer.Stack(BertBlock, self.num_layers, block_kwargs, layer_kwargs=layer_kwargs,
+                              layer_name="layer", remat=self.remat, scan=self.scan)
+    nn.share_scope(self, stack)  # layer_<i> next to the embeddings, as HF BERT (`from_hf_bert`)
+    return stack(x, carry={"context": context, "context_mask": context_mask}, shared={"mask": mask}, train=train)
 
 
 def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 0,

@@ -3,7 +3,7 @@
 Four encoders and three heads, each a library module:
 
   f_v  video encoder       `VideoBeit` (vlm/models/beit.py): [CLS] + T x 196 tokens, 3-D relative position bias,
-                           block-sparse attention (vlm/nn/block_sparse.py) and visual token pruning (q_v).
+                           block-sparse attention (vlm/nn/kernels/block_sparse.py) and visual token pruning (q_v).
   f_t  text encoder        `BertEncoder` lower layers (9 of BERT-base's 12).
   f_m  multimodal encoder  `BertEncoder` upper layers (3) with cross-attention to the video tokens, and
                            multimodal token pruning by the text [CLS]'s cross-attention (q_m).
@@ -115,13 +115,14 @@ class Model(nn.Module):
   def encode_text(self, text: jax.Array, text_mask: jax.Array, *, train: bool = False
                   ) -> tuple[jax.Array, jax.Array]:
     """ids [B, L] ([CLS] first) and mask -> (f_t hidden states [B, L, D], VTC feature [B, embed_dim])."""
-    hidden = self.text_encoder(text, text_mask, train=train)
+    hidden, _ = self.text_encoder(text, text_mask, train=train)
     return hidden, self.text_proj(hidden[:, 0])
 
   def fuse(self, text_hidden: jax.Array, text_mask: jax.Array, video_tokens: jax.Array, *,
            train: bool = False) -> jax.Array:
     """f_m: text hidden states cross-attending to video tokens (pruned to q_m) -> [B, L, D]."""
-    return self.fusion_encoder(text_hidden, text_mask, context=video_tokens, train=train)
+    fused, _ = self.fusion_encoder(text_hidden, text_mask, context=video_tokens, train=train)
+    return fused
 
   def vtm_logits(self, fused: jax.Array) -> jax.Array:
     """[B, L, D] f_m output -> [B, 2] (not matched, matched) logits from the [CLS]."""
@@ -137,7 +138,7 @@ class Model(nn.Module):
     """Teacher-forced answer decoder: answer ids [B, La] ([CLS] a_1 .. [SEP]) -> next-token logits [B, La, V]."""
     if not self.decoder_layers:
       raise ValueError("This SViTT model has no answer decoder: set model.decoder_layers (QA: 3).")
-    hidden = self.answer_decoder(answer, answer_mask, context=fused, context_mask=fused_mask, train=train)
+    hidden, _ = self.answer_decoder(answer, answer_mask, context=fused, context_mask=fused_mask, train=train)
     table = nn.meta.unbox(self.answer_decoder.variables["params"]["word_embeddings"])
     return self.answer_head(hidden, table)
 

@@ -30,10 +30,15 @@ def _fmix32(h: jax.Array) -> jax.Array:
   return h ^ (h >> 16)
 
 
-def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
-  """Bool mask of `shape`, True with probability 1 - rate (to 2**-32), hashed from two seeds drawn from `rng`."""
+def keep_threshold(rate: float) -> np.uint32:
+  """The uint32 below which a hashed element is kept: (1 - rate) 2**32, rounded (exact to 2**-32)."""
   if not 0.0 <= rate < 1.0:
     raise ValueError(f"dropout rate={rate}; expected 0 <= rate < 1.")
+  return np.uint32(min(round((1.0 - rate) * 2 ** 32), 2 ** 32 - 1))
+
+
+def hashed_bits(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """uint32 array of `shape`: each element's index hashed with two seeds drawn from `rng` (module docstring)."""
   shape = tuple(int(v) for v in shape)
   seeds = jax.random.bits(rng, (2,), jnp.uint32)
   # Counter = (index along axis 0, flat index within the rest). The second stays below 2**32 for any real
@@ -47,9 +52,13 @@ def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
     stride *= full[axis]
   outer = jax.lax.broadcasted_iota(jnp.uint32, full, 0)
   h = _fmix32(inner ^ seeds[0]) + outer * jnp.uint32(0x9E3779B9)  # odd multiplier: rows get distinct offsets
-  h = _fmix32(h ^ seeds[1])
-  threshold = np.uint32(min(round((1.0 - rate) * 2 ** 32), 2 ** 32 - 1))
-  return (h < threshold).reshape(shape)
+  return _fmix32(h ^ seeds[1]).reshape(shape)
+
+
+def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> jax.Array:
+  """Bool mask of `shape`, True with probability 1 - rate (to 2**-32), hashed from two seeds drawn from `rng`."""
+  threshold = keep_threshold(rate)
+  return hashed_bits(rng, shape) < threshold
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None, *, deterministic: bool) -> jax.Array:

@@ -22,7 +22,7 @@ config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
     154 words.
   attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
   block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0]:
-    the fixed evaluation patterns (each layer its own, from (seed, layer): vlm/nn/block_sparse.py).
+    the fixed evaluation patterns (each layer its own, from (seed, layer): vlm/nn/kernels/block_sparse.py).
   token_order ['raster']: 'morton' | 'hilbert' (table A7).
   visual_keep_rate [1.0]: q_v; visual_prune_after [(4, 7, 10)]: 1-based BEiT layers (the release's [3, 6, 9]).
   multimodal_keep_rate [1.0]: q_m; multimodal_prune_after [(1,)]: 1-based multimodal layers.
@@ -57,7 +57,7 @@ from vlm.losses import contrastive
 from vlm.losses import matching
 from vlm.losses import mlm as mlm_lib
 from vlm.models import svitt
-from vlm.nn import block_sparse
+from vlm.nn.kernels import block_sparse
 from vlm.nn import token_pruning
 
 SIZES = {

@@ -3,9 +3,9 @@ r"""Block-sparse against dense attention, forward + backward, side by side in on
   python -m vlm.tools.bench_attention --tokens=1568 --block_size=56 --local_blocks=1 --random_blocks=3
 
 Times the gradient of <attention(q, k, v), dO> (dO random) w.r.t. q, k, v for the dense kernel and for
-`vlm.nn.block_sparse`, each 'explicit' on CPU and 'fused' on GPU (cuDNN flash attention for bf16 / fp16; force one
-with `--dense=` / `--sparse=fused|explicit`), with one [CLS] token in front of `--tokens` local tokens (8 frames x
-196 patches = 1568 by default), and prints:
+`vlm.nn.kernels.block_sparse`, each 'explicit' on CPU and 'fused' on GPU (cuDNN flash attention for bf16 / fp16;
+force one with `--dense=` / `--sparse=fused|explicit`), with one [CLS] token in front of `--tokens` local tokens (8
+frames x 196 patches = 1568 by default), and prints:
 
   edge ratio    dense edges / block-sparse edges (the ideal speed-up: attention work is proportional to edges),
   speed-up      dense time / block-sparse time (medians of --runs rounds after compilation; each round runs both),
@@ -30,8 +30,8 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from vlm.nn import attention
-from vlm.nn import block_sparse
+from vlm.nn.kernels import block_sparse
+from vlm.nn.kernels import dense as dense_lib
 from vlm.tools import common
 
 _TOKENS = flags.DEFINE_integer("tokens", 1568, "Local tokens N (plus one [CLS]).")
@@ -59,7 +59,7 @@ def run(tokens: int, batch: int, heads: int, head_dim: int, block_size: int, loc
 
   def dense_fn(q, k, v, rng):
     del rng
-    return attention.dense_attention(q, k, v, implementation=dense)
+    return dense_lib.dense_attention(q, k, v, implementation=dense)
 
   def sparse_fn(q, k, v, rng):
     return block_sparse.block_sparse_attention(q, k, v, dropout_rng=rng, deterministic=False,
@@ -126,4 +126,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from vlm import allocator  # pylint: disable=g-import-not-at-top
+  allocator.reexec_with_fast_malloc()
   app.run(main)

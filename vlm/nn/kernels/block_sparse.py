@@ -12,9 +12,9 @@ and global queries attend densely to every key. One pattern serves the whole bat
 release). In training the random blocks are redrawn per layer and per step from the layer's dropout key; at
 evaluation they come from a fixed seed, so evaluation is deterministic (docs/design.md, SViTT; the release redraws
 at evaluation too). Encoders give every layer its own evaluation pattern, the seed's key with the layer index
-folded in (`layer_options` in unrolled encoders; the index traced in a scanned one), so evaluation sees what
-training sees, independent patterns in successive layers; with one pattern shared by every layer a query block
-would reach the same few blocks in every layer.
+folded in (the option `layer`, which attention layers pass: a Python int unrolled, traced under `nn.scan`), so
+evaluation sees what training sees, independent patterns in successive layers; with one pattern shared by every
+layer a query block would reach the same few blocks in every layer.
 
 Shapes stay static: the pattern is an int [nblk, K_l + K_r] array, keys and values are gathered per query block
 ([B, nblk, (K_l + K_r) G, H, K]), so any G works and no tile size is required. Padding: N is padded with masked
@@ -31,26 +31,28 @@ Token order (table A7): `token_order(grid, 'morton' | 'hilbert' | 'raster')` giv
 tokens that makes blocks compact in space-time; `block_sparse_attention(..., order=perm)` applies it before
 blocking and undoes it after, so callers keep raster order.
 
-Registered as the attention kernel 'block_sparse' (vlm/nn/attention.py); options through `attention_kwargs`:
-block_size, local_blocks, random_blocks, num_global, eval_seed, order, implementation ('auto': cuDNN's fused kernel
-on GPUs, the written-out blocked softmax elsewhere), layer (set by encoders), head_groups (the written-out path's
-independent head groups; `default_head_groups`).
+Registered as the attention kernel 'block_sparse' (vlm/nn/kernels/registry.py), with `takes_layer`: attention
+layers pass it their encoder layer's index as `layer`. Options through `attention_kwargs`: block_size,
+local_blocks, random_blocks, num_global, eval_seed, order, implementation ('auto': cuDNN's fused kernel on GPUs, the
+written-out blocked softmax elsewhere), head_groups (the written-out path's independent head groups;
+`default_head_groups`). Self-attention only: queries and keys are the same token sequence.
 """
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
+from vlm.nn.kernels import dense
+from vlm.nn.kernels import registry
 
 
-KERNEL_NAME = "block_sparse"  # the name encoders select this kernel by (`MultiHeadAttention.attention`)
+KERNEL_NAME = "block_sparse"  # the name layers select this kernel by (`MultiHeadAttention.attention`)
 
 
 def num_blocks(num_local: int, block_size: int) -> int:
@@ -68,15 +70,6 @@ def check_pattern_args(nblk: int, local_blocks: int, random_blocks: int) -> None
   if local_blocks + random_blocks > nblk:
     raise ValueError(f"local_blocks + random_blocks = {local_blocks + random_blocks} exceeds the {nblk} blocks of "
                      "the sequence; lower them or the block size.")
-
-
-def layer_options(attention: str, options: Mapping[str, Any] | None, layer: int) -> Mapping[str, Any] | None:
-  """An unrolled encoder's options for the attention kernel `attention` in its layer `layer`: block-sparse
-  attention gets the option `layer`, so every layer has its own fixed evaluation pattern (a scanned encoder passes
-  the same option traced, `transformer.Encoder`); other kernels' options pass unchanged."""
-  if attention != KERNEL_NAME:
-    return options
-  return {**(options or {}), "layer": layer}
 
 
 def _seeds(eval_seed: int | Sequence[int]) -> tuple[int, ...]:
@@ -223,7 +216,7 @@ def _blocked_attention_fwd(k_sel, v_sel, q_scaled, bias, mask, keep, keep_scale)
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probs = attention_lib.softmax(logits, axis=-2)
+  probs = dense.softmax(logits, axis=-2)
   weights = probs if keep is None else jnp.where(keep, probs * keep_scale, 0.0)
   out = jnp.einsum("bhnsd,bhnsg->bhndg", v_sel, weights.astype(v_sel.dtype))
   return out, (k_sel, v_sel, q_scaled, bias, mask, keep, probs)
@@ -252,7 +245,7 @@ def _blocked_attention_bwd(keep_scale, residuals, d_out):
 _blocked_attention.defvjp(_blocked_attention_fwd, _blocked_attention_bwd)
 
 
-@attention_lib.register_attention(KERNEL_NAME)
+@registry.register_attention(KERNEL_NAME, takes_layer=True)
 def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                            bias: jax.Array | None = None, dropout_rate: float = 0.0,
                            dropout_rng: jax.Array | None = None, deterministic: bool = True,
@@ -261,7 +254,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
                            order: Sequence[int] | None = None,
                            pattern: jax.Array | None = None, implementation: str = "auto",
                            layer: int | jax.Array | None = None, head_groups: int | None = None) -> jax.Array:
-  """Block-sparse softmax attention; same contract as `vlm.nn.attention.dense_attention`.
+  """Block-sparse softmax self-attention; same contract as `vlm.nn.kernels.dense.dense_attention`.
 
   Args:
     query, key, value: [B, N_total, H, K], N_total = num_global + N local tokens.
@@ -276,11 +269,12 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
     order: optional permutation of the N local tokens (`token_order`) applied before blocking.
     pattern: optional int [nblk, K_l + K_r] pattern overriding the draw (tests, analysis).
     implementation: 'auto' | 'fused' | 'explicit', as `dense_attention`. 'fused' runs every query block with
-      its gathered keys as one batch of small attention problems through `attention.fused_attention` (cuDNN
+      its gathered keys as one batch of small attention problems through `dense.fused_attention` (cuDNN
       flash attention on GPUs); 'explicit' writes the blocked softmax out, in the layout XLA:CPU runs fastest.
       'auto' is fused on GPUs only; attention-probability dropout always takes the explicit path.
     layer: the encoder layer's index (an int, or traced under `nn.scan`), folded into the evaluation key so
-      that every layer has its own fixed pattern (`layer_options`); None: the pattern of `eval_seed` alone.
+      that every layer has its own fixed pattern (attention layers pass it); None: the pattern of `eval_seed`
+      alone.
     head_groups: the explicit path splits the heads into this many groups computed as independent operations
       (same result); None: 2 on CPUs when H is even (`default_head_groups`), else 1.
 
@@ -288,15 +282,17 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
     [B, N_total, H, K].
   """
   b, n_total, h, dk = query.shape
+  if key.shape[1] != n_total:  # the blocks of queries and keys are the same tokens' blocks
+    raise ValueError(f"block-sparse attention is self-attention: {n_total} queries against {key.shape[1]} keys.")
   g_num = num_global
   n = n_total - g_num
   if n <= 0:
     raise ValueError(f"block-sparse attention over {n_total} tokens with num_global={g_num}: no local tokens.")
-  implementation = attention_lib.resolve_implementation(implementation)
+  implementation = dense.resolve_implementation(implementation)
   nblk = num_blocks(n, block_size)
   if pattern is None and local_blocks + random_blocks >= nblk:  # every block is a key block: dense
     check_pattern_args(max(nblk, local_blocks + random_blocks), local_blocks, random_blocks)
-    return attention_lib.dense_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
+    return dense.dense_attention(query, key, value, mask=mask, bias=bias, dropout_rate=dropout_rate,
                                          dropout_rng=dropout_rng, deterministic=deterministic,
                                          implementation=implementation)
   if pattern is None:
@@ -351,7 +347,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
     if bias is not None:  # bias[..., query position, key position] per (block, query, key): [B*nblk, H, G, S_b]
       f_bias = full_bias[:, :, pos_blocks[:, :, None], k_pos[:, None, :]].transpose(0, 2, 1, 3, 4)
       f_bias = jnp.broadcast_to(f_bias, (b,) + f_bias.shape[1:]).reshape(b * nblk, h, block_size, -1)
-    out = attention_lib.fused_attention(blocks(query).reshape(b * nblk, block_size, h, dk), keys_of_blocks(key),
+    out = dense.fused_attention(blocks(query).reshape(b * nblk, block_size, h, dk), keys_of_blocks(key),
                                         keys_of_blocks(value), bias=f_bias,
                                         mask=m_all.reshape(b * nblk, -1) if masked else None)
     out_loc = out.reshape(b, nblk * block_size, h, dk)[:, :n]
@@ -397,7 +393,7 @@ def block_sparse_attention(query: jax.Array, key: jax.Array, value: jax.Array, *
   parts = [out_loc]
   if g_num:  # global queries: dense over every key
     g_rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, 1)
-    parts.insert(0, attention_lib.dense_attention(
+    parts.insert(0, dense.dense_attention(
         query[:, :g_num], key, value, mask=None if mask is None else valid,
         bias=None if bias is None else full_bias[:, :, :g_num], dropout_rate=dropout_rate, dropout_rng=g_rng,
         deterministic=deterministic, implementation=implementation))
