@@ -18,10 +18,10 @@ Steps:
      bound, also printed.
 
 Memory allocator (CPU): XLA:CPU allocates and frees hundreds of MB per step; under glibc malloc that memory goes
-back to the kernel and is faulted in again (a third of the VATT-B step was system time here). Preloading
-tcmalloc (`apt install libtcmalloc-minimal4`, then
-`LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`) measured 1.3-1.55x faster on a 12-layer
-ViT-B step; the report names the allocator in use.
+back to the kernel and is faulted in again (a third of the VATT-B step was system time here). The command
+line preloads oneTBB's allocator (vlm/allocator.py; `VLM_MALLOC=system` opts out); tcmalloc preloaded by hand
+(`LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4`) measured 1.3-1.55x faster than glibc on a
+12-layer ViT-B step. The report names the allocator in use.
 
 `--baseline=FILE:ARG` (with `--baseline_objective`, `--baseline.x=y` overrides) times a second config in the same
 run and prints the ratios that compare two models: FLOPs ratio (baseline / this, from XLA's cost analysis),

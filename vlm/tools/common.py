@@ -43,10 +43,14 @@ def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[flo
 
 
 def allocator() -> str:
-  """The malloc in use, read from LD_PRELOAD ('glibc malloc' when nothing is preloaded)."""
-  import os  # pylint: disable=g-import-not-at-top
-  preload = os.environ.get("LD_PRELOAD", "")
-  for name in ("tcmalloc", "jemalloc", "mimalloc"):
-    if name in preload:
-      return name
+  """The malloc in use: the preloaded allocator this process has mapped ('glibc malloc' when none)."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:  # not Linux
+    return "system malloc"
+  for name, label in (("tbbmalloc_proxy", "oneTBB tbbmalloc"), ("tcmalloc", "tcmalloc"), ("jemalloc", "jemalloc"),
+                      ("mimalloc", "mimalloc")):
+    if name in maps:
+      return label
   return "glibc malloc"
