@@ -263,7 +263,7 @@ def test_fused_paths_take_cudnn_on_gpu():
 
 def test_bad_arguments():
   q, k, v = _qkv(n=1 + 20)
-  with pytest.raises(ValueError, match="exceeds the 4 blocks"):  # where a model is built (svitt model_kwargs)
+  with pytest.raises(ValueError, match="exceeds the 4 blocks"):  # where a model is built (svitt.Model.from_config)
     bs.check_pattern_args(bs.num_blocks(20, 5), 3, 2)
   with pytest.raises(ValueError, match="odd"):
     bs.block_sparse_attention(q, k, v, block_size=5, local_blocks=2, random_blocks=0)

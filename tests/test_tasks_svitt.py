@@ -156,7 +156,7 @@ def test_bad_configurations_fail_before_compute():
     matching.flat_text(jnp.zeros((2, 3, 5)))
   assert block_sparse.num_blocks(64, 8) == 8
   finer = matching.Task(_config(**{"model.patch_size": 4}))  # 4 frames of 32 px in 4-px patches
-  assert finer.token_counts()["video"] == 4 * 8 * 8 and finer.kwargs["vision"]["patch_size"] == 4
+  assert finer.token_counts()["video"] == 4 * 8 * 8 and finer.model.vision["patch_size"] == 4
   with pytest.raises(ValueError, match="not a multiple of the 5-pixel patches"):
     matching.Task(_config(**{"model.patch_size": 5}))
 

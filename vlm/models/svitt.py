@@ -17,6 +17,29 @@ Four encoders and three heads, each a library module:
 Video features for the fusion are f_v's tokens after a LayerNorm (`vision_norm`); the VTC video feature is f_v's
 pooled output (BEiT mean pooling), as in the release. Each method below is one stage, so the task can run f_m on
 any pairing of texts and videos (VTM hard negatives, retrieval re-ranking) without re-encoding either side.
+
+`Model.from_config(config)` is the one construction path (vlm/tasks/matching.py, vlm/tasks/answer_decoding.py).
+config.model keys (defaults in brackets; an unknown key is an error naming it):
+  name ['svitt'].
+  size ['base']: a key of SIZES: 'base' (BEiT-B/16 video encoder; BERT-base split 9 text + 3 multimodal layers)
+    or 'tiny' (CPU: 4 video layers of width 64, patch 8; 2 + 2 BERT layers of width 64).
+  vision_layers / text_layers / fusion_layers [None: the size's]: depth overrides (e.g. a shallower test model).
+  patch_size [None: the size's, 16 / tiny 8]: frame patch side in pixels (an HF BEiT init needs its own).
+  vocab_size [None: the size's, 30522 base / 160 tiny]: BERT's WordPiece vocabulary; the tiny run uses the
+    built-in dataset's 154 words.
+  attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
+  block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0]:
+    the fixed evaluation patterns (each layer its own, from (seed, layer): vlm/nn/kernels/block_sparse.py).
+  token_order ['raster']: 'morton' | 'hilbert' (table A7).
+  visual_keep_rate [1.0]: q_v; visual_prune_after [(4, 7, 10)]: 1-based BEiT layers (the release's [3, 6, 9]).
+  multimodal_keep_rate [1.0]: q_m (field `fusion_keep_rate`); multimodal_prune_after [(1,)]: 1-based
+    multimodal layers (field `fusion_prune_after`).
+  absolute_positions [False]: BEiT-B/16 (pt22k-ft22k) uses relative biases only.
+  drop_path_rate [0.1]; dropout_rate [0.1]; attention_dropout_rate [0.1] (BERT).
+  embed_dim [256]; decoder_layers [0] (the QA task sets 3).
+  dtype ['float32'].
+Derived from config.input (not config.model keys): the video encoder's frames (num_frames [4]) and image size
+(crop_size [224], a multiple of the patch side).
 """
 from __future__ import annotations
 
@@ -26,14 +49,51 @@ from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from vlm.models import beit
 from vlm.models import bert
+from vlm.models import common
 from vlm.models import hf_weights
 from vlm.nn import video_positions
 from vlm.nn import logical as ax
+from vlm.nn import token_pruning
 from vlm.nn import transformer
+from vlm.nn.kernels import block_sparse
+
+# config.model.size -> `vision` (VideoBeit fields) and the BERT fields of `Model`.
+SIZES = {
+    "base": dict(vision=dict(num_layers=12, hidden_size=768, mlp_dim=3072, num_heads=12, patch_size=16),
+                 text_layers=9, fusion_layers=3, hidden_size=768, mlp_dim=3072, num_heads=12, vocab_size=30522),
+    "tiny": dict(vision=dict(num_layers=4, hidden_size=64, mlp_dim=128, num_heads=2, patch_size=8),
+                 text_layers=2, fusion_layers=2, hidden_size=64, mlp_dim=128, num_heads=2, vocab_size=160),
+}
+
+
+def _ints(x) -> tuple[int, ...]:
+  return tuple(int(v) for v in (x or ()))
+
+
+# SViTT's video encoder settings common to every size (the config.model keys below override the last five).
+VISION_DEFAULTS = dict(mean_pooling=True, layer_scale_init=0.1, absolute_positions=False, drop_path_rate=0.1,
+                       prune_after=(4, 7, 10), keep_rate=1.0, token_order="raster")
+# config.model key -> (VideoBeit field in `Model.vision`, type); None (a placeholder) keeps the default.
+VISION_KEYS = {"vision_layers": ("num_layers", int), "patch_size": ("patch_size", int),
+               "attention": ("attention", str), "absolute_positions": ("absolute_positions", bool),
+               "drop_path_rate": ("drop_path_rate", float), "visual_prune_after": ("prune_after", _ints),
+               "visual_keep_rate": ("keep_rate", float), "token_order": ("token_order", str)}
+# config.model key -> (block-sparse attention argument, default): `Model.vision['attention_kwargs']`.
+BLOCK_KEYS = {"block_size": ("block_size", 56), "local_blocks": ("local_blocks", 1),
+              "random_blocks": ("random_blocks", 3), "block_eval_seed": ("eval_seed", 0)}
+# config.model key -> (`Model` field, type); the field's default unless set.
+MODEL_KEYS = {"vocab_size": ("vocab_size", int), "text_layers": ("text_layers", int),
+              "fusion_layers": ("fusion_layers", int), "decoder_layers": ("decoder_layers", int),
+              "multimodal_prune_after": ("fusion_prune_after", _ints),
+              "multimodal_keep_rate": ("fusion_keep_rate", float), "embed_dim": ("embed_dim", int),
+              "dropout_rate": ("dropout_rate", float), "attention_dropout_rate": ("attention_dropout_rate", float),
+              "dtype": ("dtype", jnp.dtype)}
+SELECT_KEYS = ("name", "size")
 
 
 class MlmHead(nn.Module):
@@ -83,6 +143,50 @@ class Model(nn.Module):
   dropout_rate: float = 0.1
   attention_dropout_rate: float = 0.1
   dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "Model":
+    """The model of `config.model` (keys in the module docstring), frames and image size from `config.input`.
+
+    Raises:
+      ValueError: naming an unknown size or config.model key, a crop size that is not a multiple of the patch,
+        a block-sparse pattern with too few blocks or a keep rate outside (0, 1], before anything is built.
+    """
+    m = common.plain(config.get("model") or {})
+    inp = config.get("input") or ml_collections.ConfigDict()
+    unknown = sorted(set(m) - set(SELECT_KEYS) - set(VISION_KEYS) - set(BLOCK_KEYS) - set(MODEL_KEYS))
+    if unknown:
+      raise ValueError(f"config.model.{unknown[0]}: not an SViTT model key; keys: "
+                       f"{', '.join((*SELECT_KEYS, *VISION_KEYS, *BLOCK_KEYS, *MODEL_KEYS))}.")
+    size = str(m.get("size") or "base")
+    if size not in SIZES:
+      raise ValueError(f"model.size={size!r}; expected one of {sorted(SIZES)}.")
+    kwargs = {k: v for k, v in SIZES[size].items() if k != "vision"}
+    vision = {**SIZES[size]["vision"], **VISION_DEFAULTS, "attention": "dense"}
+    for key, (field, kind) in VISION_KEYS.items():
+      if m.get(key) is not None:
+        vision[field] = kind(m[key])
+    for key, (field, kind) in MODEL_KEYS.items():
+      if m.get(key) is not None:
+        kwargs[field] = kind(m[key])
+    kwargs.setdefault("dtype", jnp.dtype(jnp.float32))
+    frames, crop = int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224))
+    patch = vision["patch_size"]
+    if crop % patch:
+      raise ValueError(f"input.crop_size={crop} is not a multiple of the {patch}-pixel patches.")
+    attention_kwargs = None
+    if vision["attention"] == "block_sparse":
+      attention_kwargs = {field: int(m[key]) if m.get(key) is not None else default
+                          for key, (field, default) in BLOCK_KEYS.items()}
+      g, kl, kr = (attention_kwargs[k] for k in ("block_size", "local_blocks", "random_blocks"))
+      block_sparse.check_pattern_args(block_sparse.num_blocks(frames * (crop // patch) ** 2, g), kl, kr)
+      attention_kwargs["num_global"] = 1
+    elif vision["attention"] != "dense":
+      raise ValueError(f"model.attention={vision['attention']!r}; expected 'dense' or 'block_sparse'.")
+    token_pruning.keep_count(1, vision["keep_rate"])  # q in (0, 1], checked before anything is built
+    token_pruning.keep_count(1, kwargs.get("fusion_keep_rate", 1.0))
+    vision.update(frames=frames, image_size=crop, attention_kwargs=attention_kwargs)
+    return cls(vision=vision, **kwargs)
 
   def setup(self):
     self.video_encoder = beit.VideoBeit(**dict(self.vision), dtype=self.dtype)

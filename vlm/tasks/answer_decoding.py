@@ -9,7 +9,7 @@ Singularity ranks its answer list (it scores the 128 best first tokens fully; he
 Starting from a pre-training checkpoint (`config.init.path`), the decoder starts from the multimodal layers, its
 embeddings from the text encoder's and its head from the MLM head (`vlm.models.svitt.load`).
 
-Config: as vlm/tasks/matching.py for the model (plus `model.decoder_layers`), and
+Config: config.model as vlm/models/svitt.py (`Model.from_config`; `model.decoder_layers` must be set), and
   config.task: name ['answer_decoding'].
   config.input: num_frames, crop_size, max_question_len [25], max_answer_len [5].
 Batches: video [B, T, H, W, 3]; question / question_mask [B, Lq]; answer / answer_mask [B, La].
@@ -48,9 +48,9 @@ class Task(matching.Task):
   """SViTT QA fine-tuning (task protocol of vlm/README.md)."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    if int(config.model.get("decoder_layers", 0)) <= 0:
+    super().__init__(config)  # builds the model (svitt.Model.from_config); no compute yet
+    if self.model.decoder_layers <= 0:
       raise ValueError("The SViTT QA task needs an answer decoder: set model.decoder_layers (3 as released).")
-    super().__init__(config)
     self.question_len = int(config.input.get("max_question_len", 25))
     self.answer_len = int(config.input.get("max_answer_len", 5))
     if self.answer_len < 2:

@@ -12,24 +12,8 @@
 
 Config fields read (defaults in brackets):
 
-config.model (-> vlm.models.svitt.Model; see `model_kwargs`):
-  name ['svitt'].
-  size ['base']: 'base' (BEiT-B/16 video encoder; BERT-base split 9 text + 3 multimodal layers) or 'tiny'
-    (CPU: 4 video layers of width 64, patch 8; 2 + 2 BERT layers of width 64).
-  vision_layers / text_layers / fusion_layers [None: the size's]: depth overrides (e.g. a shallower test model).
-  patch_size [None: the size's, 16 / tiny 8]: frame patch side in pixels (an HF BEiT init needs its own).
-  vocab_size [30522 base / 160 tiny]: BERT's WordPiece vocabulary; the tiny run uses the built-in dataset's
-    154 words.
-  attention ['dense']: 'dense' | 'block_sparse' (edge sparsity, in the video encoder).
-  block_size [56], local_blocks [1], random_blocks [3]: (G, K_l, K_r) of table A4; block_eval_seed [0]:
-    the fixed evaluation patterns (each layer its own, from (seed, layer): vlm/nn/kernels/block_sparse.py).
-  token_order ['raster']: 'morton' | 'hilbert' (table A7).
-  visual_keep_rate [1.0]: q_v; visual_prune_after [(4, 7, 10)]: 1-based BEiT layers (the release's [3, 6, 9]).
-  multimodal_keep_rate [1.0]: q_m; multimodal_prune_after [(1,)]: 1-based multimodal layers.
-  absolute_positions [False]: BEiT-B/16 (pt22k-ft22k) uses relative biases only.
-  drop_path_rate [0.1]; dropout_rate [0.1]; attention_dropout_rate [0.1] (BERT).
-  embed_dim [256]; decoder_layers [0] (the QA task sets 3).
-  dtype ['float32'].
+config.model: the model's keys (size, depths, attention, keep rates, ...), read only by
+  `vlm.models.svitt.Model.from_config` (listed in vlm/models/svitt.py's docstring, with their defaults).
 config.init (vlm/train/init.py; SViTT's options in vlm/models/svitt.py `load`): options.frames_from (temporal
   expansion of a checkpoint with another frame count), options.beit / options.bert (HF weights for a run from
   scratch).
@@ -58,65 +42,9 @@ from vlm.losses import matching
 from vlm.losses import mlm as mlm_lib
 from vlm.models import svitt
 from vlm.nn.kernels import block_sparse
-from vlm.nn import token_pruning
-
-SIZES = {
-    "base": dict(vision=dict(num_layers=12, hidden_size=768, mlp_dim=3072, num_heads=12, patch_size=16),
-                 text=dict(text_layers=9, fusion_layers=3, hidden_size=768, mlp_dim=3072, num_heads=12,
-                           vocab_size=30522)),
-    "tiny": dict(vision=dict(num_layers=4, hidden_size=64, mlp_dim=128, num_heads=2, patch_size=8),
-                 text=dict(text_layers=2, fusion_layers=2, hidden_size=64, mlp_dim=128, num_heads=2,
-                           vocab_size=160)),
-}
-
 
 def _ints(x) -> tuple[int, ...]:
   return tuple(int(v) for v in (x or ()))
-
-
-def model_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """svitt.Model keyword arguments from config.model / config.input (see the module docstring)."""
-  m, inp = config.model, config.input
-  size = str(m.get("size", "base"))
-  if size not in SIZES:
-    raise ValueError(f"model.size={size!r}; expected one of {sorted(SIZES)}.")
-  vision = dict(SIZES[size]["vision"])
-  text = dict(SIZES[size]["text"])
-  if m.get("vision_layers", None) is not None:
-    vision["num_layers"] = int(m.vision_layers)
-  if m.get("patch_size", None) is not None:
-    vision["patch_size"] = int(m.patch_size)
-  for name in ("text_layers", "fusion_layers"):
-    if m.get(name, None) is not None:
-      text[name] = int(m[name])
-  frames, crop = int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224))
-  if crop % vision["patch_size"]:
-    raise ValueError(f"input.crop_size={crop} is not a multiple of the {vision['patch_size']}-pixel patches.")
-  attention = str(m.get("attention", "dense"))
-  kwargs = None
-  if attention == "block_sparse":
-    n = frames * (crop // vision["patch_size"]) ** 2
-    g, kl, kr = int(m.get("block_size", 56)), int(m.get("local_blocks", 1)), int(m.get("random_blocks", 3))
-    block_sparse.check_pattern_args(block_sparse.num_blocks(n, g), kl, kr)  # errors before any compute
-    kwargs = dict(block_size=g, local_blocks=kl, random_blocks=kr, num_global=1,
-                  eval_seed=int(m.get("block_eval_seed", 0)))
-  elif attention != "dense":
-    raise ValueError(f"model.attention={attention!r}; expected 'dense' or 'block_sparse'.")
-  vision.update(frames=frames, image_size=crop, attention=attention, attention_kwargs=kwargs,
-                absolute_positions=bool(m.get("absolute_positions", False)), mean_pooling=True,
-                layer_scale_init=0.1, drop_path_rate=float(m.get("drop_path_rate", 0.1)),
-                prune_after=_ints(m.get("visual_prune_after", (4, 7, 10))),
-                keep_rate=float(m.get("visual_keep_rate", 1.0)), token_order=str(m.get("token_order", "raster")))
-  for name in ("visual_keep_rate", "multimodal_keep_rate"):
-    token_pruning.keep_count(1, float(m.get(name, 1.0)))  # q in (0, 1], checked before anything is built
-  if m.get("vocab_size", None):
-    text["vocab_size"] = int(m.vocab_size)
-  return dict(vision=vision, **text, decoder_layers=int(m.get("decoder_layers", 0)),
-              max_positions=512, fusion_prune_after=_ints(m.get("multimodal_prune_after", (1,))),
-              fusion_keep_rate=float(m.get("multimodal_keep_rate", 1.0)), embed_dim=int(m.get("embed_dim", 256)),
-              dropout_rate=float(m.get("dropout_rate", 0.1)),
-              attention_dropout_rate=float(m.get("attention_dropout_rate", 0.1)),
-              dtype=jnp.dtype(m.get("dtype", "float32")))
 
 
 def flat_text(text: jax.Array, name: str = "text") -> jax.Array:
@@ -133,8 +61,7 @@ class Task:
 
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
-    self.kwargs = model_kwargs(config)
-    self.model = svitt.Model(**self.kwargs)
+    self.model = svitt.Model.from_config(config)
     t = config.get("task") or ml_collections.ConfigDict()
     self.weights = {"vtc": float(t.get("vtc_weight", 1.0)), "vtm": float(t.get("vtm_weight", 1.0)),
                     "mlm": float(t.get("mlm_weight", 1.0))}
@@ -242,7 +169,7 @@ class Task:
   # -------------------------------------------------------------------------------------------------- tools
   def token_counts(self) -> dict[str, int]:
     """Video tokens entering the encoder and after each pruning; text tokens."""
-    v = self.kwargs["vision"]
+    v = self.model.vision
     n = self.frames * (self.crop // v["patch_size"]) ** 2
     out = {"video": n}
     if v["keep_rate"] < 1.0:
@@ -254,7 +181,7 @@ class Task:
 
   def attention_edges(self) -> dict[str, float]:
     """Attention-graph size and edge sparsity of this configuration (equations 1-3; `svitt_edges`)."""
-    v, k = self.kwargs["vision"], self.kwargs
+    v, m = self.model.vision, self.model
     sparse = v["attention"] == "block_sparse"
     patches = (self.crop // v["patch_size"]) ** 2
     n = self.frames * patches
@@ -262,7 +189,7 @@ class Task:
     # Dense attention is one block of all tokens: every query meets N keys.
     g, kl, kr = ((bs["block_size"], bs["local_blocks"], bs["random_blocks"]) if sparse else (n, 1, 0))
     return block_sparse.svitt_edges(
-        self.frames, patches_per_frame=patches, visual_layers=v["num_layers"], multimodal_layers=k["fusion_layers"],
+        self.frames, patches_per_frame=patches, visual_layers=v["num_layers"], multimodal_layers=m.fusion_layers,
         text_len=self.text_len, local_blocks=kl, random_blocks=kr, block_size=g, visual_keep=v["keep_rate"],
-        visual_prune_after=v["prune_after"], multimodal_keep=k["fusion_keep_rate"],
-        multimodal_prune_after=k["fusion_prune_after"])
+        visual_prune_after=v["prune_after"], multimodal_keep=m.fusion_keep_rate,
+        multimodal_prune_after=m.fusion_prune_after)
