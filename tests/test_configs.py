@@ -139,17 +139,21 @@ def _one_device_check(spec: str, workdir: str) -> None:
   print("ok", spec, report["params_total"])
 
 
-@pytest.mark.parametrize("path", CONFIGS)
-def test_tiny_trains_and_runs_the_tools_on_one_device(path, tmp_path):
+def test_every_tiny_trains_and_runs_the_tools_on_one_device(tmp_path):
+  """One subprocess for all configs (one JAX start-up, one compile cache), each in its own workdir."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  spec = os.path.join(ROOT, f"{path}:tiny")
-  proc = subprocess.run([sys.executable, __file__, spec, str(tmp_path / "workdir")], env=env, cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, f"{spec} on one device failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+  args = []
+  for i, path in enumerate(CONFIGS):
+    args += [os.path.join(ROOT, f"{path}:tiny"), str(tmp_path / f"workdir{i}")]
+  proc = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                        timeout=1200)
+  assert proc.returncode == 0, f"a tiny config failed on one device:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+  assert proc.stdout.count("ok ") == len(CONFIGS), proc.stdout
 
 
 if __name__ == "__main__":
-  _one_device_check(sys.argv[1], sys.argv[2])
+  for spec_, workdir_ in zip(sys.argv[1::2], sys.argv[2::2]):
+    _one_device_check(spec_, workdir_)
