@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm import tasks as tasks_lib
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 
@@ -108,12 +109,7 @@ class Objective:
   @classmethod
   def from_config(cls, task: Any) -> "Objective":
     """config.task (its `name` aside) -> Objective; an unknown key is an error naming it."""
-    options = {k: v for k, v in dict(task or {}).items() if k != "name"}
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-      raise ValueError(f"config.task.{unknown[0]}: not an option of the classification task; options: "
-                       f"{', '.join(fields)}.")
+    options = tasks_lib.objective_options(cls, task, kind="classification")
     return cls(**options)
 
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm import tasks as tasks_lib
 from vlm.losses import contrastive
 from vlm.models import vatt
 from vlm.nn import droptoken as droptoken_lib
@@ -56,12 +57,7 @@ class Objective:
   @classmethod
   def from_config(cls, task: Any) -> "Objective":
     """config.task (its `name` aside) -> Objective; an unknown key is an error naming it."""
-    options = {k: v for k, v in dict(task or {}).items() if k != "name"}
-    fields = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-      raise ValueError(f"config.task.{unknown[0]}: not an option of the contrastive task; options: "
-                       f"{', '.join(fields)}.")
+    options = tasks_lib.objective_options(cls, task, kind="contrastive")
     objective = cls(**options)
     if not (objective.va_weight > 0 or objective.vt_weight > 0):
       raise ValueError(f"At least one of task.va_weight / task.vt_weight must be positive: {objective}.")
