@@ -219,3 +219,48 @@ def test_run_from_scratch_starts_from_hf_beit_and_bert(tmp_path):
   with pytest.raises(ValueError, match="4-patch grid.*set input.crop_size"):
     config = _config(**{**overrides, "input.crop_size": 64})
     init_lib.load_params(config, matching.Task(config).model, fresh, None)
+
+
+def test_svitt_backbone_classifies_from_a_pretraining_checkpoint():
+  from vlm.models import svitt  # pylint: disable=g-import-not-at-top
+  from vlm.tasks import classification  # pylint: disable=g-import-not-at-top
+  pre = matching.Task(_config(**SHALLOW))
+  pre_batch = _batch(pre, b=2)
+  pre_params = jax.tree.map(np.asarray, flax.core.meta.unbox(
+      pre.init_variables(jax.random.key(3), pre_batch)["params"]))
+
+  def classifier(frames, **init):
+    config = _config(**SHALLOW)
+    with config.unlocked():
+      config.task = dict(name="classification", heads={"videos": 12})
+      config.input.num_frames = frames
+      config.init.assignment_map = ((r"backbone/(.*)", r"\1"), (r"head_.*", None))
+      for k, v in init.items():
+        config.init.options[k] = v
+    return config, classification.Task(config)
+
+  config, task = classifier(4)
+  assert isinstance(task.backbone, svitt.VideoBackbone)
+  video = pre_batch["video"]
+  fresh = task.init_variables(jax.random.key(0), {"video": video})["params"]
+  assert set(init_lib.flatten(fresh["backbone"])) == {
+      k for k in init_lib.flatten(pre_params) if k.startswith("video_encoder/")}
+  params = init_lib.load_params(config, task.model, fresh, pre_params)
+  got = task.features({"params": params}, {"video": video})
+  want = pre.model.apply({"params": pre_params}, video,
+                         method=lambda m, v: m.video_encoder(v, train=False)[1]["pooled"])
+  assert got.shape == (2, 64)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  # 8 frames from the 4-frame checkpoint: the relative tables expanded (equation 7), the rest as saved.
+  config8, task8 = classifier(8, frames_from=4)
+  video8 = np.concatenate([video, video], axis=1)
+  fresh8 = task8.init_variables(jax.random.key(0), {"video": video8})["params"]
+  params8 = init_lib.load_params(config8, task8.model, fresh8, pre_params)
+  table = "backbone/video_encoder/layer_01/relative_position_bias_table"
+  side = config8.input.crop_size // 8
+  np.testing.assert_array_equal(
+      init_lib.flatten(params8)[table],
+      video_positions.expand_relative(init_lib.flatten(pre_params)[table[len("backbone/"):]], (4, side, side), 8))
+  config8.init.options.frames_from = None
+  with pytest.raises(ValueError, match="frames_from"):
+    init_lib.load_params(config8, task8.model, fresh8, pre_params)

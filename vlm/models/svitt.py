@@ -18,7 +18,8 @@ Video features for the fusion are f_v's tokens after a LayerNorm (`vision_norm`)
 pooled output (BEiT mean pooling), as in the release. Each method below is one stage, so the task can run f_m on
 any pairing of texts and videos (VTM hard negatives, retrieval re-ranking) without re-encoding either side.
 
-`Model.from_config(config)` is the one construction path (vlm/tasks/matching.py, vlm/tasks/answer_decoding.py).
+`Model.from_config(config)` is the one construction path (vlm/tasks/matching.py, vlm/tasks/answer_decoding.py);
+`build_backbone(config)` is its video encoder alone, for classification (vlm/tasks/classification.py).
 config.model keys (defaults in brackets; an unknown key is an error naming it):
   name ['svitt'].
   size ['base']: a key of SIZES: 'base' (BEiT-B/16 video encoder; BERT-base split 9 text + 3 multimodal layers)
@@ -259,6 +260,39 @@ class Model(nn.Module):
     return out
 
 
+class VideoBackbone(nn.Module):
+  """SViTT's video encoder f_v alone: the classification backbone (`build_backbone`).
+
+  Its parameters sit under `video_encoder/`, as in `Model`, so a pre-training checkpoint's video encoder loads
+  with `config.init.assignment_map = ((r"backbone/(.*)", r"\\1"), (r"head_.*", None))`.
+
+  Attributes:
+    vision: keyword arguments of `VideoBeit`, as `Model.vision`.
+    dtype: computation dtype.
+  """
+  vision: Mapping[str, Any]
+  dtype: Any = jnp.float32
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "VideoBackbone":
+    """The video encoder of the `Model` that `config.model` describes (its text keys are checked, then unused)."""
+    model = Model.from_config(config)
+    return cls(vision=model.vision, dtype=model.dtype)
+
+  def setup(self):
+    self.video_encoder = beit.VideoBeit(**dict(self.vision), dtype=self.dtype)
+
+  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """video [B, T, H, W, 3] -> (pooled feature [B, D] (BEiT mean pooling, as the VTC feature), encoder aux)."""
+    _, aux = self.video_encoder(video, train=train)
+    return aux["pooled"], aux
+
+
+def build_backbone(config: ml_collections.ConfigDict) -> VideoBackbone:
+  """The classification backbone for config.model.name = 'svitt' (vlm/tasks/classification.py)."""
+  return VideoBackbone.from_config(config)
+
+
 # ================================================================================================== loading
 def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, model: Model) -> dict[str, Any]:
   """SViTT's part of `config.init` (vlm/train/init.py): checkpoint surgery and HF weights.
@@ -275,19 +309,24 @@ def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, mod
   8-11); `config.init.options.bert` (HF `BertModel` / `BertForMaskedLM`) fills layers 0..L_t-1 into f_t, the
   next L_m into f_m (whose cross-attention stays fresh) and the MLM head when the file has one. Everything else
   keeps its fresh value; a weight that does not fit is an error naming it.
+  Under a classification task (`model` holds the `VideoBackbone` as `.backbone`) the same applies to the video
+  encoder at `backbone/video_encoder/`.
   """
   options = dict(init.get("options") or {})
+  prefix = ""
+  if not isinstance(model, (Model, VideoBackbone)):  # a task's model around the backbone (classification)
+    model, prefix = model.backbone, "backbone/"
   hf_files = {k: options.get(k) for k in ("beit", "bert") if options.get(k)}
   if restored is not None and hf_files:
     raise ValueError("config.init.path and config.init.options.beit / .bert both set: start either from a "
                      "checkpoint or from HF weights.")
   if restored is not None:
     return _adapt_checkpoint(params, restored, options.get("frames_from"), model)
-  return {**params, **_hf_weights(params, hf_files, model)} if hf_files else {}
+  return {**params, **_hf_weights(params, hf_files, model, prefix)} if hf_files else {}
 
 
-def _adapt_checkpoint(params: dict[str, Any], restored: dict[str, Any], frames_from: int | None, model: Model
-                      ) -> dict[str, Any]:
+def _adapt_checkpoint(params: dict[str, Any], restored: dict[str, Any], frames_from: int | None,
+                      model: Model | VideoBackbone) -> dict[str, Any]:
   vision = dict(model.vision)
   frames, side = vision["frames"], vision["image_size"] // vision["patch_size"]
   out, problems = {}, []
@@ -334,7 +373,8 @@ def _decoder_source(path: str, restored: dict[str, Any]) -> str:
   return "text_encoder/" + rest  # embeddings
 
 
-def _hf_weights(params: dict[str, Any], files: dict[str, str], model: Model) -> dict[str, np.ndarray]:
+def _hf_weights(params: dict[str, Any], files: dict[str, str], model: Model | VideoBackbone, prefix: str = ""
+                ) -> dict[str, np.ndarray]:
   """The HF BEiT / BERT tensors mapped onto this model's parameter paths (see `load`)."""
   vision = dict(model.vision)
   loaded: dict[str, np.ndarray] = {}
@@ -343,8 +383,10 @@ def _hf_weights(params: dict[str, Any], files: dict[str, str], model: Model) -> 
     _check_hf_config(files["beit"], vision["num_heads"], "config.init.options.beit", grid=side)
     tree = beit.from_hf_beit(hf_weights.read_weights(files["beit"]), vision["num_heads"], image_grid=(side, side),
                              frames=vision["frames"])
-    loaded.update(_prefixed(tree, "video_encoder"))
+    loaded.update(_prefixed(tree, prefix + "video_encoder"))
   if files.get("bert"):
+    if not isinstance(model, Model):
+      raise ValueError("config.init.options.bert: the SViTT video backbone has no text encoder.")
     _check_hf_config(files["bert"], model.num_heads, "config.init.options.bert")
     flat = hf_weights.read_weights(files["bert"])
     loaded.update(_prefixed(bert.from_hf_bert(flat, model.num_heads, num_layers=model.text_layers), "text_encoder"))
