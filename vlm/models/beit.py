@@ -112,25 +112,7 @@ class BeitBlock(nn.Module):
       scale = self.param(scale_name, nn.with_logical_partitioning(
           nn.initializers.constant(self.layer_scale_init), (ax.EMBED,)), (y.shape[-1],), jnp.float32)
       y = y * scale.astype(y.dtype)
-    return self._drop_path(y, layer, train)
-
-  def _drop_path(self, y: jax.Array, layer: int | jax.Array, train: bool) -> jax.Array:
-    """Stochastic depth: the whole branch dropped per example at this layer's rate, survivors scaled up."""
-    if not train or not any(r > 0.0 for r in self.drop_path_rates):
-      return y
-    shape = (y.shape[0], 1, 1)
-    if isinstance(layer, (int, np.integer)):  # unrolled: a static rate, and no draw at all where it is 0
-      rate = self.drop_path_rates[layer]
-      if rate == 0.0:
-        return y
-      keep = dropout_lib.keep_mask(self.make_rng("dropout"), shape, rate)
-      return jnp.where(keep, y / (1.0 - rate), 0.0)
-    # Scanned: the rate is read at the traced index, as exact tables (the threshold and divisor of each rate).
-    thresholds = np.array([dropout_lib.keep_threshold(r) for r in self.drop_path_rates], np.uint32)
-    divisors = np.array([1.0 - r for r in self.drop_path_rates], np.float32)
-    keep = dropout_lib.hashed_bits(self.make_rng("dropout"), shape) < jnp.asarray(thresholds)[layer]
-    keep = keep | jnp.asarray(np.array(self.drop_path_rates) == 0.0)[layer]
-    return jnp.where(keep, y / jnp.asarray(divisors)[layer].astype(y.dtype), 0.0)
+    return dropout_lib.drop_path(self, y, self.drop_path_rates, layer, train)
 
 
 class VideoBeit(nn.Module):
@@ -196,8 +178,7 @@ class VideoBeit(nn.Module):
     block_kwargs = dict(
         num_heads=self.num_heads, mlp_dim=self.mlp_dim, grid=grid, layer_scale_init=self.layer_scale_init,
         dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
-        drop_path_rates=tuple(self.drop_path_rate * i / max(1, self.num_layers - 1)  # linear decay as BEiT
-                              for i in range(self.num_layers)) if self.drop_path_rate else (),
+        drop_path_rates=dropout_lib.linear_rates(self.drop_path_rate, self.num_layers),  # linear, as BEiT
         attention=self.attention, attention_kwargs=self.attention_kwargs,
         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype)
     pruned = [(i + 1) in self.prune_after and self.keep_rate < 1.0 for i in range(self.num_layers)]

@@ -80,3 +80,34 @@ class Dropout(nn.Module):
     if deterministic or self.rate == 0.0:
       return x
     return dropout(x, self.rate, self.make_rng("dropout"), deterministic=False)
+
+
+def drop_path(module: nn.Module, y: jax.Array, rates: tuple[float, ...], layer: int | jax.Array, train: bool
+              ) -> jax.Array:
+  """Stochastic depth: the whole residual branch `y` [B, ...] dropped per example at layer `layer`'s rate.
+
+  `rates` holds every layer's rate (read at the layer's index: a Python int when unrolled, traced under scan);
+  survivors are scaled by 1 / (1 - rate). Draws from `module`'s 'dropout' rng only where the rate is positive.
+  """
+  if not train or not any(r > 0.0 for r in rates):
+    return y
+  shape = (y.shape[0],) + (1,) * (y.ndim - 1)
+  if isinstance(layer, (int, np.integer)):  # unrolled: a static rate, and no draw at all where it is 0
+    rate = rates[layer]
+    if rate == 0.0:
+      return y
+    keep = keep_mask(module.make_rng("dropout"), shape, rate)
+    return jnp.where(keep, y / (1.0 - rate), 0.0)
+  # Scanned: the rate is read at the traced index, as exact tables (the threshold and divisor of each rate).
+  thresholds = np.array([keep_threshold(r) for r in rates], np.uint32)
+  divisors = np.array([1.0 - r for r in rates], np.float32)
+  keep = hashed_bits(module.make_rng("dropout"), shape) < jnp.asarray(thresholds)[layer]
+  keep = keep | jnp.asarray(np.array(rates) == 0.0)[layer]
+  return jnp.where(keep, y / jnp.asarray(divisors)[layer].astype(y.dtype), 0.0)
+
+
+def linear_rates(max_rate: float, num_layers: int) -> tuple[float, ...]:
+  """Per-layer stochastic-depth rates rising linearly from 0 to `max_rate` (BEiT, TimeSformer); () for none."""
+  if not max_rate:
+    return ()
+  return tuple(max_rate * i / max(1, num_layers - 1) for i in range(num_layers))
