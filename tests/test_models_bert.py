@@ -1,5 +1,6 @@
 """BERT text encoder (SViTT f_t): parity with HF transformers' BertModel (random weights, padding mask), and the
 split of one BERT into text layers and cross-attending multimodal layers."""
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +182,29 @@ def test_multimodal_pruning_keeps_what_the_text_cls_attends_to():
   with pytest.raises(ValueError, match="keep rate"):
     bert.BertEncoder(num_layers=2, context_prune_after=(1,), context_keep_rate=1.5, **kw).init(
         jax.random.key(0), ids, context=context)
+
+
+def test_hf_distilbert_parity(tmp_path):
+  """DistilBERT (HierVL's text encoder): the BERT encoder without token types, from a saved HF DistilBertModel."""
+  torch.manual_seed(2)
+  config = transformers.DistilBertConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                         max_position_embeddings=16)
+  model = transformers.DistilBertModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  model.save_pretrained(str(tmp_path))
+  from vlm.models import hf_weights  # pylint: disable=g-import-not-at-top
+  params = bert.from_hf_distilbert(hf_weights.read_weights(str(tmp_path / "model.safetensors")), 2)
+  ids, mask = _ids()
+  with torch.no_grad():
+    expected = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
+  ours = bert.BertEncoder(vocab_size=50, num_layers=2, hidden_size=32, mlp_dim=64, num_heads=2, max_positions=16,
+                          type_vocab_size=0)
+  fresh = ours.init(jax.random.key(0), jnp.asarray(ids), jnp.asarray(mask))["params"]
+  assert jax.tree.map(np.shape, flax.core.meta.unbox(fresh)) == \
+      jax.tree.map(np.shape, params)
+  got, _ = ours.apply({"params": params}, jnp.asarray(ids), jnp.asarray(mask))
+  real = mask.astype(bool)
+  np.testing.assert_allclose(np.asarray(got)[real], expected[real], atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(got)[:, 0], expected[:, 0], atol=1e-4, rtol=1e-4)  # the CLS HierVL reads

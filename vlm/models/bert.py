@@ -19,6 +19,10 @@ no code reads it (JerryYLi/svitt, models/sparse_xbert.py), so here it is applied
 
 `causal=True` makes the self-attention causal (SViTT's QA answer decoder, a BERT LM head model over the answer).
 
+DistilBERT (HierVL's text encoder) is the same encoder with `type_vocab_size=0` (no token-type table): 6 post-norm
+layers of the same form; `from_hf_distilbert(flat)` maps HF `DistilBertModel` weights (tests match HF's hidden
+states on random weights).
+
 `from_hf_bert(flat)` maps HF `BertModel` weights (`embeddings.*`, `encoder.layer.<i>.*`, optional
 `crossattention.*`) onto these parameters: tests match HF's hidden states on random weights, and the real MiniLM-L6
 weights where the package that ships them is installed.
@@ -125,7 +129,7 @@ class BertEncoder(nn.Module):
   mlp_dim: int = 3072
   num_heads: int = 12
   max_positions: int = 512
-  type_vocab_size: int = 2
+  type_vocab_size: int = 2  # 0: no token-type table (DistilBERT)
   cross_attention_from: int = 1_000  # no cross-attention by default
   embed: bool = True  # False: the input is already hidden states (the multimodal half of a split BERT)
   causal: bool = False  # causal self-attention (answer decoder)
@@ -157,8 +161,9 @@ class BertEncoder(nn.Module):
                                                                             (None, ax.EMBED)),
                                          (n, self.hidden_size), jnp.float32)
       x = (jnp.take(table("word_embeddings", self.vocab_size), inputs, axis=0)
-           + table("position_embeddings", self.max_positions)[None, :length]
-           + table("token_type_embeddings", self.type_vocab_size)[None, :1])
+           + table("position_embeddings", self.max_positions)[None, :length])
+      if self.type_vocab_size:  # DistilBERT has no token types
+        x = x + table("token_type_embeddings", self.type_vocab_size)[None, :1]
       x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "embedding_norm")(x.astype(self.dtype))
       x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
     else:
@@ -218,4 +223,33 @@ def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 
     layer["mlp"] = {"wi": dense("intermediate.dense"), "wo": dense("output.dense")}
     layer["ln_mlp"] = {"scale": take(p + "output.LayerNorm.weight"), "bias": take(p + "output.LayerNorm.bias")}
     out[f"layer_{j:02d}"] = layer
+  return jax.tree.map(jnp.asarray, out)
+
+
+def from_hf_distilbert(flat: Mapping[str, Any], num_heads: int) -> dict[str, Any]:
+  """BertEncoder params (type_vocab_size=0) from HF `DistilBertModel` weights (optional `distilbert.` prefix).
+
+  HF names: `embeddings.{word_embeddings, position_embeddings, LayerNorm}`, `transformer.layer.<i>.{attention.
+  {q_lin, k_lin, v_lin, out_lin}, sa_layer_norm, ffn.{lin1, lin2}, output_layer_norm}`.
+  """
+  flat = hf_weights.strip_prefix(flat, "distilbert.")
+  take = lambda name: hf_weights.take(flat, name, "HF DistilBERT checkpoint")
+  d = take("embeddings.word_embeddings.weight").shape[1]
+  hd = (num_heads, d // num_heads)
+  norm = lambda name: {"scale": take(name + ".weight"), "bias": take(name + ".bias")}
+  dense = lambda name: {"kernel": take(name + ".weight").T, "bias": take(name + ".bias")}
+  out: dict[str, Any] = {"word_embeddings": take("embeddings.word_embeddings.weight"),
+                         "position_embeddings": take("embeddings.position_embeddings.weight"),
+                         "embedding_norm": norm("embeddings.LayerNorm")}
+  layers = sorted({int(m.group(1)) for k in flat if (m := re.match(r"transformer\.layer\.(\d+)\.", k))})
+  for i in layers:
+    p = f"transformer.layer.{i}."
+    att = {ours: {"kernel": take(f"{p}attention.{theirs}.weight").T.reshape((d,) + hd),
+                  "bias": take(f"{p}attention.{theirs}.bias").reshape(hd)}
+           for ours, theirs in (("query", "q_lin"), ("key", "k_lin"), ("value", "v_lin"))}
+    att["out"] = {"kernel": take(p + "attention.out_lin.weight").T.reshape(hd + (d,)),
+                  "bias": take(p + "attention.out_lin.bias")}
+    out[f"layer_{i:02d}"] = {"attention": att, "ln_attention": norm(p + "sa_layer_norm"),
+                             "mlp": {"wi": dense(p + "ffn.lin1"), "wo": dense(p + "ffn.lin2")},
+                             "ln_mlp": norm(p + "output_layer_norm")}
   return jax.tree.map(jnp.asarray, out)
