@@ -26,6 +26,7 @@ class MultiHeadAttention(nn.Module):
     head_dim: features per head K (VATT d_kv = 64).
     dropout_rate: dropout on the attention probabilities (training only).
     use_bias: biases on the q/k/v/out projections.
+    qkv_bias: biases on q/k/v alone (None: use_bias); timm ViTs without them keep the output bias.
     attention: name of the registered kernel ('dense', 'block_sparse', ...; vlm/nn/kernels/).
     attention_kwargs: extra keyword options for that kernel.
     cls_attention: also compute query 0's attention over the keys after the first, averaged over heads (the
@@ -37,6 +38,7 @@ class MultiHeadAttention(nn.Module):
   head_dim: int = 64
   dropout_rate: float = 0.0
   use_bias: bool = True
+  qkv_bias: bool | None = None
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   cls_attention: bool = False
@@ -67,7 +69,8 @@ class MultiHeadAttention(nn.Module):
 
     def proj(name, inputs):
       return EinsumDense("bnd,dhk->bnhk", (inputs.shape[-1],) + heads, qkv_axes, in_axes=(0,), out_axes=(1, 2),
-                         use_bias=self.use_bias, dtype=self.dtype, name=name)(inputs)
+                         use_bias=self.use_bias if self.qkv_bias is None else self.qkv_bias, dtype=self.dtype,
+                         name=name)(inputs)
 
     q, k, v = proj("query", x), proj("key", source), proj("value", source)  # [B, N|M, H, K]
     rng = self.make_rng("dropout") if train and self.has_rng("dropout") else None

@@ -143,6 +143,8 @@ class EncoderBlock(nn.Module):
     attention: registered attention kernel name (vlm/nn/kernels/).
     attention_kwargs: options for that kernel.
     use_bias: biases in the attention and MLP projections.
+    qkv_bias: biases on the query / key / value projections (None: use_bias).
+    drop_path_rates: every layer's stochastic-depth rate, read at the layer's index; () for none.
     layer_norm_epsilon: LayerNorm epsilon.
     dtype: computation dtype.
   """
@@ -154,6 +156,8 @@ class EncoderBlock(nn.Module):
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   use_bias: bool = True
+  qkv_bias: bool | None = None
+  drop_path_rates: tuple[float, ...] = ()
   layer_norm_epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
@@ -166,14 +170,15 @@ class EncoderBlock(nn.Module):
     y = layer_norm(self.layer_norm_epsilon, self.dtype, "ln_attention")(x)
     y, _ = attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=head_dim, dropout_rate=self.attention_dropout_rate,
-        use_bias=self.use_bias, attention=self.attention, attention_kwargs=self.attention_kwargs,
-        dtype=self.dtype, name="attention")(y, mask=shared.get("mask"), bias=shared.get("bias"), train=train,
-                                            layer=layer)
-    x = x + dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
+        use_bias=self.use_bias, qkv_bias=self.qkv_bias, attention=self.attention,
+        attention_kwargs=self.attention_kwargs, dtype=self.dtype, name="attention")(
+            y, mask=shared.get("mask"), bias=shared.get("bias"), train=train, layer=layer)
+    drop_path = lambda y: dropout_lib.drop_path(self, y, self.drop_path_rates, layer, train)
+    x = x + drop_path(dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train))
     y = layer_norm(self.layer_norm_epsilon, self.dtype, "ln_mlp")(x)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, use_bias=self.use_bias,
                          dtype=self.dtype, name="mlp")(y, deterministic=not train)
-    x = x + dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train)
+    x = x + drop_path(dropout_lib.Dropout(self.dropout_rate)(y, deterministic=not train))
     return {**carry, "x": x}, {}
 
 

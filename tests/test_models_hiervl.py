@@ -1,0 +1,84 @@
+"""HierVL model: the shared aggregator (average and self-attention: masking, positions, limits), the dual encoder's
+shapes and construction from a config, and its classification backbone."""
+import os
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from vlm.models import hiervl
+
+
+def _emb(b=3, n=5, e=16, seed=0):
+  return np.random.default_rng(seed).normal(size=(b, n, e)).astype(np.float32)
+
+
+def test_average_aggregator_is_the_mean_of_the_real_clips():
+  x = _emb()
+  mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]], np.float32)
+  got = hiervl.Aggregator(kind="average").apply({}, jnp.asarray(x), jnp.asarray(mask))
+  want = np.stack([x[i, :int(mask[i].sum())].mean(0) for i in range(3)])
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_self_attention_aggregator_masks_padding_and_reads_order():
+  agg = hiervl.Aggregator(num_layers=2, num_heads=4, num_positions=6, drop_path_rate=0.1)
+  x = _emb()
+  params = flax.core.meta.unbox(agg.init(jax.random.key(0), jnp.asarray(x))["params"])
+  assert params["pos_embedding"].shape == (1, 6, 16)
+  assert "bias" not in params["encoder"]["layer_00"]["attention"]["query"]  # no q/k/v bias, as released
+  assert "bias" in params["encoder"]["layer_00"]["attention"]["out"]
+  mask = np.ones((3, 5), np.float32)
+  mask[1, 3:] = 0
+  out = agg.apply({"params": params}, jnp.asarray(x), jnp.asarray(mask))
+  changed = x.copy()
+  changed[1, 3:] = 100.0  # padding's values never reach the output
+  np.testing.assert_allclose(agg.apply({"params": params}, jnp.asarray(changed), jnp.asarray(mask)), out,
+                             rtol=1e-5, atol=1e-5)
+  reversed_ = agg.apply({"params": params}, jnp.asarray(x[:, ::-1]), None)
+  assert not np.allclose(reversed_, agg.apply({"params": params}, jnp.asarray(x), None), atol=1e-4)  # positions
+  a = agg.apply({"params": params}, jnp.asarray(x), train=True, rngs={"dropout": jax.random.key(1)})
+  b = agg.apply({"params": params}, jnp.asarray(x), train=True, rngs={"dropout": jax.random.key(2)})
+  assert not np.allclose(a, b)  # stochastic depth in training
+  with pytest.raises(ValueError, match="aggregator_positions"):
+    agg.apply({"params": params}, jnp.asarray(_emb(n=7)))
+
+
+def _config(**model):
+  return ml_collections.ConfigDict(dict(model=dict(name="hiervl", variant="tiny", **model),
+                                        input=dict(num_frames=2, crop_size=16)))
+
+
+def test_tiny_model_embeds_video_text_and_episodes():
+  model = hiervl.Model.from_config(_config())
+  video = np.random.default_rng(0).uniform(-1, 1, (2, 2, 16, 16, 3)).astype(np.float32)
+  text = np.array([[2, 10, 11, 3, 0], [2, 12, 3, 0, 0]], np.int32)
+  variables = model.init(jax.random.key(0), video, text, (text > 0).astype(np.int32))
+  params = flax.core.meta.unbox(variables["params"])
+  assert set(params) == {"video_encoder", "text_encoder", "video_proj", "text_proj", "aggregator"}
+  assert "token_type_embeddings" not in params["text_encoder"]  # DistilBERT
+  out = model.apply({"params": params}, video, text, (text > 0).astype(np.int32))
+  assert {k: v.shape for k, v in out.items()} == {"video": (2, 64), "text": (2, 64), "episode": (2, 64)}
+  # One aggregator for both modalities: aggregating text embeddings uses the same parameters.
+  t = model.apply({"params": params}, text, (text > 0).astype(np.int32), method=hiervl.Model.embed_text)
+  agg = model.apply({"params": params}, jnp.stack([t, t], 1), method=hiervl.Model.aggregate)
+  assert agg.shape == (2, 64)
+  backbone = hiervl.build_backbone(_config())
+  bparams = flax.core.meta.unbox(backbone.init(jax.random.key(0), video)["params"])
+  assert jax.tree.map(np.shape, bparams["video_encoder"]) == jax.tree.map(np.shape, params["video_encoder"])
+  feats, _ = backbone.apply({"params": {"video_encoder": params["video_encoder"]}}, video)
+  assert feats.shape == (2, 64)
+
+
+def test_bad_configs_name_the_key():
+  with pytest.raises(ValueError, match="config.model.aggregator='max'"):
+    hiervl.Model.from_config(_config(aggregator="max"))
+  with pytest.raises(ValueError, match="config.model.agg_layers: not a field"):
+    hiervl.Model.from_config(_config(agg_layers=2))
+  with pytest.raises(ValueError, match="config.model.frames is derived"):
+    hiervl.Model.from_config(_config(frames=8))
+  with pytest.raises(ValueError, match="drop rate"):
+    hiervl.Model.from_config(_config(aggregator_drop_path_rate=1.0))
