@@ -1,0 +1,137 @@
+"""Hierarchical dual-encoder contrastive learning: clip-level EgoNCE and summary-level aggregation (HierVL).
+
+Two kinds of batch, told apart by the rank of `video`, each compiled once by `jax.jit`:
+
+  child   video [B, T, H, W, 3], text / text_mask [B, L] (one narration per clip), optional nouns [B, Nn] and
+          verbs [B, Nv] multi-hot tags: EgoNCE(f_v(video), f_n(text)) (vlm/losses/egonce.py; temperature 0.05,
+          positives = the diagonal plus pairs sharing a noun and a verb; without tags the diagonal only).
+  parent  video [E, N, T, H, W, 3] (an episode's N clips: `config.input.group`), text / text_mask [E, N, L] (their
+          narrations), summary / summary_mask [E, L], optional group_mask [E, N] (padding clips):
+          sum over `summary_terms` of EgoNCE(Agg(...), ...) (`egonce.summary_loss`), with ONE aggregator for the
+          clip and narration embeddings.
+
+Both kinds report the same metric names (a term a batch kind does not compute reads 0, and `parent_step` says
+which kind it was), so one metrics stream averages over a run that interleaves them.
+
+config.task (`Objective`; its fields are the defaults):
+  name 'hierarchical'; temperature [0.05]; positives ['noun_and_verb' | 'noun' | 'verb' | 'diagonal'];
+  summary_terms [('text_summary', 'video_summary'): HierVL; ('video_summary',): only-video-with-summary;
+  ('text_video',): the no-summary SA baseline]; summary_weight [1.0] (scales the parent loss).
+config.model: a model with `embed_video`, `embed_text` and `aggregate` (vlm/models/hiervl.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vlm import registry
+from vlm import tasks as tasks_lib
+from vlm.losses import egonce
+from vlm.losses import contrastive
+
+METRICS = ("loss", "clip_egonce", "clip_top1", "summary_loss", "parent_step", "clip_diagonal_only")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """config.task of hierarchical contrastive learning (module docstring)."""
+  temperature: float = 0.05
+  positives: str = "noun_and_verb"
+  summary_terms: tuple[str, ...] = ("text_summary", "video_summary")
+  summary_weight: float = 1.0
+
+  @classmethod
+  def from_config(cls, task: Any) -> "Objective":
+    options = tasks_lib.objective_options(cls, task, kind="hierarchical")
+    if "summary_terms" in options:
+      options["summary_terms"] = tuple(options["summary_terms"])
+    objective = cls(**options)
+    bad = [t for t in objective.summary_terms if t not in egonce.SUMMARY_TERMS]
+    if bad or not objective.summary_terms:
+      raise ValueError(f"config.task.summary_terms={objective.summary_terms!r}: expected names from "
+                       f"{egonce.SUMMARY_TERMS}.")
+    if not objective.temperature > 0:
+      raise ValueError(f"config.task.temperature={objective.temperature}: expected > 0.")
+    return objective
+
+
+class Task:
+  """Clip-level and summary-level contrastive learning (task protocol of vlm/README.md)."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    self.config = config
+    self.model = registry.resolve(config.model.name, "models").Model.from_config(config)
+    for method in ("embed_video", "embed_text", "aggregate"):
+      if not hasattr(self.model, method):
+        raise TypeError(f"config.model.name={config.model.name!r}: the hierarchical task needs a model with "
+                        f"embed_video, embed_text and aggregate; {type(self.model).__name__} lacks {method}.")
+    self.objective = Objective.from_config(config.task if "task" in config else None)
+    inp = config.input
+    self.clip_shape = (int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224)),
+                       int(inp.get("crop_size", 224)), 3)
+    self.max_text_len = int(inp.get("max_text_len", 16))
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """A child batch (the parent batch's arrays have an extra [N] axis; init needs only one kind)."""
+    text = np.zeros((batch_size, self.max_text_len), np.int32)
+    text[:, 0] = 1
+    return {"video": np.zeros((batch_size,) + self.clip_shape, np.float32), "text": text,
+            "text_mask": (text > 0).astype(np.int32)}
+
+  def init_variables(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    return dict(self.model.init({"params": rng}, batch["video"], batch["text"], batch["text_mask"], train=False))
+
+  def loss_fn(self, params: Any, model_state: dict[str, Any], batch: dict[str, Any], rng: jax.Array, *,
+              train: bool) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, Any]]]:
+    variables = {"params": params, **model_state}
+    apply = lambda method, *args: self.model.apply(variables, *args, train=train, method=method,
+                                                   rngs={"dropout": rng} if train else {})
+    o = self.objective
+    zero = jnp.zeros((), jnp.float32)
+    if batch["video"].ndim == 5:  # child step
+      v = apply(type(self.model).embed_video, batch["video"])
+      t = apply(type(self.model).embed_text, batch["text"], batch["text_mask"])
+      nouns, verbs = batch.get("nouns"), batch.get("verbs")
+      positives = o.positives if (nouns is not None or verbs is not None) else "diagonal"
+      loss, ex = egonce.egonce_loss(v, t, nouns=nouns, verbs=verbs, temperature=o.temperature,
+                                    positives=positives)
+      metrics = {"loss": loss, "clip_egonce": loss, "clip_top1": ex["top1"], "summary_loss": zero,
+                 "parent_step": zero, "clip_diagonal_only": ex["num_diagonal_only"]}
+      return loss, (metrics, model_state)
+    e, n = batch["video"].shape[:2]  # parent step: E episodes of N clips
+    clips = batch["video"].reshape((e * n,) + batch["video"].shape[2:])
+    v = apply(type(self.model).embed_video, clips).reshape(e, n, -1)
+    t = apply(type(self.model).embed_text, batch["text"].reshape(e * n, -1),
+              batch["text_mask"].reshape(e * n, -1)).reshape(e, n, -1)
+    mask = batch.get("group_mask")
+    uses = {name for term in o.summary_terms for name in term.split("_")}
+    agg_video = apply(type(self.model).aggregate, v, mask) if "video" in uses else None
+    agg_text = apply(type(self.model).aggregate, t, mask) if "text" in uses else None
+    summary = None
+    if "summary" in uses:
+      if "summary" not in batch:
+        raise ValueError("config.task.summary_terms uses the summary, but the parent batch has no `summary`.")
+      summary = apply(type(self.model).embed_text, batch["summary"], batch["summary_mask"])
+    loss, ex = egonce.summary_loss(agg_video, agg_text, summary, temperature=o.temperature,
+                                   terms=o.summary_terms,
+                                   summary_mask=jnp.any(batch["summary_mask"] > 0, -1) if summary is not None
+                                   else None)
+    loss = o.summary_weight * loss
+    metrics = {"loss": loss, "clip_egonce": zero, "clip_top1": zero, "summary_loss": loss,
+               "parent_step": jnp.ones((), jnp.float32), "clip_diagonal_only": zero}
+    return loss, (metrics, model_state)
+
+  # ------------------------------------------------------------------------------------- prediction functions
+  def embed_video(self, variables: dict[str, Any], video: jax.Array) -> jax.Array:
+    """[B, T, H, W, 3] -> L2-normalised [B, E]."""
+    return contrastive.l2_normalize(self.model.apply(variables, video, method=type(self.model).embed_video))
+
+  def embed_text(self, variables: dict[str, Any], text: jax.Array, text_mask: jax.Array) -> jax.Array:
+    """[B, L] ids / mask -> L2-normalised [B, E]."""
+    return contrastive.l2_normalize(self.model.apply(variables, text, text_mask,
+                                                     method=type(self.model).embed_text))
