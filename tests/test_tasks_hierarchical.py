@@ -72,3 +72,10 @@ def test_bad_task_options():
     hierarchical.Task(_config(summary_terms=("video_text",)))
   with pytest.raises(ValueError, match="config.task.tau: not an option"):
     hierarchical.Task(_config(tau=0.1))
+
+
+def test_a_model_without_an_aggregator_is_named():
+  config = _config()
+  config.model = dict(name="tubevit", variant="tiny")
+  with pytest.raises(TypeError, match="HierarchicalModel.*lacks: aggregate, embed_text, embed_video"):
+    hierarchical.Task(config)

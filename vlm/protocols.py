@@ -129,6 +129,20 @@ class ContrastiveModel(Protocol):
 
 
 @runtime_checkable
+class HierarchicalModel(Protocol):
+  """What the `hierarchical` task (clip-level + summary-level contrastive, HierVL) needs of a dual encoder."""
+
+  def embed_video(self, video: Array, *, train: bool = False) -> Array:
+    """video [B, T, H, W, 3] -> [B, E] (not yet normalised)."""
+
+  def embed_text(self, text: Array, text_mask: Array, *, train: bool = False) -> Array:
+    """ids / mask [B, L] -> [B, E] (not yet normalised)."""
+
+  def aggregate(self, embeddings: Array, mask: Array | None = None, *, train: bool = False) -> Array:
+    """[B, N, E] clip or narration embeddings (+ [B, N] mask) -> [B, E], one aggregator for both."""
+
+
+@runtime_checkable
 class MatchingModel(Protocol):
   """What the `matching` task (VTC + VTM + MLM) needs of a cross-encoder model."""
   vocab_size: int

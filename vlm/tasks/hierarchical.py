@@ -17,7 +17,7 @@ config.task (`Objective`; its fields are the defaults):
   name 'hierarchical'; temperature [0.05]; positives ['noun_and_verb' | 'noun' | 'verb' | 'diagonal'];
   summary_terms [('text_summary', 'video_summary'): HierVL; ('video_summary',): only-video-with-summary;
   ('text_video',): the no-summary SA baseline]; summary_weight [1.0] (scales the parent loss).
-config.model: a model with `embed_video`, `embed_text` and `aggregate` (vlm/models/hiervl.py).
+config.model: a `protocols.HierarchicalModel` (embed_video, embed_text, aggregate; vlm/models/hiervl.py).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vlm import protocols
 from vlm import registry
 from vlm import tasks as tasks_lib
 from vlm.losses import egonce
@@ -66,10 +67,8 @@ class Task:
   def __init__(self, config: ml_collections.ConfigDict):
     self.config = config
     self.model = registry.resolve(config.model.name, "models").Model.from_config(config)
-    for method in ("embed_video", "embed_text", "aggregate"):
-      if not hasattr(self.model, method):
-        raise TypeError(f"config.model.name={config.model.name!r}: the hierarchical task needs a model with "
-                        f"embed_video, embed_text and aggregate; {type(self.model).__name__} lacks {method}.")
+    protocols.require(self.model, protocols.HierarchicalModel,
+                      f"config.task.name='hierarchical' (config.model.name={config.model.name!r})")
     self.objective = Objective.from_config(config.task if "task" in config else None)
     inp = config.input
     self.clip_shape = (int(inp.get("num_frames", 4)), int(inp.get("crop_size", 224)),
