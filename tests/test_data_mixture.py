@@ -71,3 +71,23 @@ def test_duplicate_names_are_errors():
       dict(name="a", weight=1.0, data=dict(split="x")), dict(name="a", weight=1.0, data=dict(split="y"))])))
   with pytest.raises(ValueError, match="'a' appears twice"):
     mixture.mixture_names(c)
+
+
+def test_cycle_schedule_is_a_fixed_pattern_that_resumes():
+  make = lambda step=0, a=0, b=0: mixture.MixtureIterator({"clips": _Counter(a), "episodes": _Counter(b)},
+                                                          {"clips": 5, "episodes": 1}, seed=0, step=step,
+                                                          schedule="cycle")
+  it = make()
+  picks = [int(next(it)["dataset"][0]) for _ in range(18)]
+  assert picks == [0, 0, 0, 0, 0, 1] * 3  # a parent batch after every 5 child batches
+  it = make()
+  for _ in range(8):
+    next(it)
+  s = it.get_state()
+  resumed = make(s["step"], s["datasets"]["clips"]["i"], s["datasets"]["episodes"]["i"])
+  got = [(int(b["dataset"][0]), int(b["x"][0])) for b in (next(resumed) for _ in range(6))]
+  assert got == [(0, 7), (0, 8), (0, 9), (1, 1), (0, 10), (0, 11)]  # 7 clip and 1 episode batch before
+  with pytest.raises(ValueError, match="integer weights"):
+    mixture.MixtureIterator({"a": _Counter(), "b": _Counter()}, {"a": 2.5, "b": 1}, seed=0, schedule="cycle")
+  with pytest.raises(ValueError, match="mixture_schedule='random'"):
+    mixture.MixtureIterator({"a": _Counter()}, {"a": 1}, seed=0, schedule="random")

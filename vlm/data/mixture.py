@@ -18,6 +18,12 @@ such as `group` or `pp` replaced whole). Each dataset runs through `vlm.data.pip
 own shuffle, augmentation seeds and resumable position); the mixture's state is
 {'step', 'datasets': {name: that iterator's state}}. Callers build it through `vlm.data.inputs`.
 
+Schedule (`config.input.mixture_schedule`): 'weighted' (default) draws each batch's dataset at random by weight
+as above; 'cycle' repeats a fixed pattern in which each dataset takes `weight` consecutive batches, in mixture
+order (integer weights): HierVL's child and parent steps are `clips` weight 5 and `episodes` weight 1, a parent
+step after every 5 child steps. Either way the dataset of batch i depends on i alone, so a resumed run continues
+both streams where they were.
+
 Evaluation stays per dataset: give each evaluator the `input` (split, frames, pp) of the dataset it scores.
 """
 from __future__ import annotations
@@ -28,6 +34,8 @@ import ml_collections
 import numpy as np
 
 from vlm.data import pipeline
+
+SCHEDULES = ("weighted", "cycle")
 
 
 def _entries(config) -> list[tuple[str, dict[str, Any]]]:
@@ -81,15 +89,26 @@ def dataset_config(config, name: str) -> ml_collections.ConfigDict:
 class MixtureIterator:
   """Per-host batches from several iterators, one chosen per step by weight; resumable."""
 
-  def __init__(self, iterators: Mapping[str, Any], weights: Mapping[str, float], *, seed: int, step: int = 0):
+  def __init__(self, iterators: Mapping[str, Any], weights: Mapping[str, float], *, seed: int, step: int = 0,
+               schedule: str = "weighted"):
     self.names = list(iterators)
     self.iterators = dict(iterators)
     w = np.asarray([weights[n] for n in self.names], np.float64)
     self.probs = w / w.sum()
     self.seed, self.step = int(seed), int(step)
+    if schedule not in SCHEDULES:
+      raise ValueError(f"config.input.mixture_schedule={schedule!r}; expected one of {SCHEDULES}.")
+    self.pattern = None
+    if schedule == "cycle":
+      if any(v != int(v) for v in w):
+        raise ValueError(f"config.input.mixture_schedule='cycle' takes integer weights (batches per cycle); got "
+                         f"{dict(zip(self.names, w.tolist()))}.")
+      self.pattern = np.repeat(np.arange(len(self.names)), w.astype(int))
 
   def choice(self, step: int) -> int:
     """Index of the dataset of global batch `step` (the same on every host)."""
+    if self.pattern is not None:
+      return int(self.pattern[step % len(self.pattern)])
     return int(np.random.default_rng([self.seed, 7919, step]).choice(len(self.names), p=self.probs))
 
   def __iter__(self) -> "MixtureIterator":
@@ -125,4 +144,5 @@ def make_mixture_iterator(config, *, process_index: int, process_count: int,
                                                   process_count=process_count, state=sub_states.get(name))
                for name, _ in entries}
   return MixtureIterator(iterators, {n: e["weight"] for n, e in entries}, seed=int(config.get("seed", 0)),
-                         step=int(state.get("step", 0)))
+                         step=int(state.get("step", 0)),
+                         schedule=str(config.input.get("mixture_schedule", None) or "weighted"))
