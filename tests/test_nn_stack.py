@@ -12,6 +12,7 @@ import pytest
 
 from vlm.models import beit
 from vlm.models import bert
+from vlm.nn import dropout as dropout_lib
 from vlm.nn import kernels
 from vlm.nn import transformer
 from vlm.nn.kernels import dense
@@ -117,7 +118,9 @@ def test_beit_drop_path_reads_the_same_rate_at_a_traced_layer():
   params = block.init(jax.random.key(0), carry, {}, 0, False)
   rngs = {"dropout": jax.random.key(4)}
   ones = jnp.ones((64, 5, 16))
-  drop = lambda layer: block.apply(params, ones, layer, True, method=beit.BeitBlock._drop_path, rngs=rngs)
+  drop = lambda layer: block.apply(
+      params, ones, layer, True, rngs=rngs,
+      method=lambda m, y, i, train: dropout_lib.drop_path(m, y, m.drop_path_rates, i, train))
   for layer in range(3):
     static = drop(layer)
     traced = jax.jit(drop)(jnp.int32(layer))
