@@ -82,3 +82,37 @@ def test_bad_configs_name_the_key():
     hiervl.Model.from_config(_config(frames=8))
   with pytest.raises(ValueError, match="drop rate"):
     hiervl.Model.from_config(_config(aggregator_drop_path_rate=1.0))
+
+
+def test_load_starts_from_hf_timesformer_and_distilbert(tmp_path):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from vlm.train import init as init_lib  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  tsf = transformers.TimesformerModel(transformers.TimesformerConfig(
+      image_size=16, patch_size=8, num_frames=1, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=128))
+  tsf.save_pretrained(str(tmp_path / "tsf"))
+  dbert = transformers.DistilBertModel(transformers.DistilBertConfig(vocab_size=160, dim=64, n_layers=2, n_heads=2,
+                                                                     hidden_dim=128))
+  dbert.save_pretrained(str(tmp_path / "dbert"))
+  config = _config()
+  config.init = dict(options=dict(video_timesformer=str(tmp_path / "tsf" / "model.safetensors"),
+                                  text_distilbert=str(tmp_path / "dbert" / "model.safetensors")))
+  model = hiervl.Model.from_config(config)
+  video = np.zeros((1, 2, 16, 16, 3), np.float32)
+  text = np.array([[2, 10, 3, 0]], np.int32)
+  fresh = flax.core.meta.unbox(model.init(jax.random.key(0), video, text, (text > 0).astype(np.int32))["params"])
+  params = init_lib.load_params(config, model, fresh, None)
+  got_q = params["video_encoder"]["layer_01"]["temporal_attention"]["query"]["kernel"]
+  want_q = tsf.state_dict()["encoder.layer.1.temporal_attention.attention.qkv.weight"].numpy()[:64].T
+  np.testing.assert_allclose(np.asarray(got_q).reshape(64, 64), want_q, rtol=1e-6)
+  time = np.asarray(params["video_encoder"]["time_embedding"])  # 1 frame -> 2 frames, zeros appended
+  np.testing.assert_allclose(time[0, 0], tsf.state_dict()["embeddings.time_embeddings"].numpy()[0, 0], rtol=1e-6)
+  np.testing.assert_array_equal(time[0, 1], 0.0)
+  np.testing.assert_allclose(params["text_encoder"]["word_embeddings"],
+                             dbert.state_dict()["embeddings.word_embeddings.weight"].numpy(), rtol=1e-6)
+  np.testing.assert_array_equal(params["aggregator"]["cls"], fresh["aggregator"]["cls"])  # fresh: not in the files
+  config.init.options.video_vit = "x.npz"
+  with pytest.raises(ValueError, match="choose one start"):
+    init_lib.load_params(config, model, fresh, None)

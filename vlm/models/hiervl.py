@@ -213,3 +213,73 @@ class VideoBackbone(nn.Module):
 def build_backbone(config: ml_collections.ConfigDict) -> VideoBackbone:
   """The classification backbone for config.model.name = 'hiervl' (vlm/tasks/classification.py)."""
   return VideoBackbone(video=video_kwargs(Model.from_config(config)))
+
+
+# ================================================================================================= loading
+def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, model: Any) -> dict[str, Any]:
+  """HierVL's part of `config.init` (vlm/train/init.py): external weights for a run from scratch.
+
+  `config.init.options`:
+    video_vit: an image ViT (big_vision / vision_transformer .npz or HF ViT .safetensors), inflated to f_v
+      (`timesformer.from_vit`; Frozen-in-Time starts from ViT-B/16 IN-21k);
+    video_timesformer: an HF `TimesformerModel` .safetensors (config.json beside it) for f_v;
+    time_resize ['zeros']: how a temporal table of another frame count is resized ('zeros' | 'nearest' |
+      'linear', Frozen-in-Time's options);
+    text_distilbert: an HF `DistilBertModel` .safetensors (config.json beside it) for f_n.
+  Under a classification task (`model.backbone` a `VideoBackbone`) the video options fill `backbone/video_encoder`.
+  A checkpoint (`config.init.path`) loads as it is, its temporal table resized the same way when its frame count
+  differs. Anything that does not fit is an error naming the parameter.
+  """
+  import flax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vlm.models import hf_weights  # pylint: disable=g-import-not-at-top
+  from vlm.models import vit_checkpoints  # pylint: disable=g-import-not-at-top
+  options = {k: v for k, v in dict(init.get("options") or {}).items() if v is not None}
+  method = str(options.get("time_resize", "zeros"))
+  prefix = "backbone/" if "backbone/video_encoder/cls" in params else ""
+  frames = int(np.shape(params[prefix + "video_encoder/time_embedding"])[1])
+  def heads(path: str) -> int | None:  # HF configs: num_attention_heads (TimeSformer), n_heads (DistilBERT)
+    hf = hf_weights.hf_config(path)
+    return None if hf is None else int(hf.get("num_attention_heads", hf.get("n_heads")))
+
+  loaded: dict[str, Any] = {}
+
+  def put(tree: Any, at: str) -> None:
+    for k, v in flax.traverse_util.flatten_dict(tree, sep="/").items():
+      loaded[f"{at}/{k}"] = np.asarray(v)
+
+  if options.get("video_vit") and options.get("video_timesformer"):
+    raise ValueError("config.init.options.video_vit and .video_timesformer both set: choose one start for f_v.")
+  if options.get("video_vit"):
+    put(timesformer.from_vit(vit_checkpoints.read_vit(options["video_vit"]), frames), prefix + "video_encoder")
+  if options.get("video_timesformer"):
+    path = options["video_timesformer"]
+    if heads(path) is None:
+      raise ValueError(f"config.init.options.video_timesformer={path!r}: no config.json beside the weights.")
+    put(timesformer.from_hf_timesformer(hf_weights.read_weights(path), heads(path)), prefix + "video_encoder")
+  if options.get("text_distilbert"):
+    if prefix:
+      raise ValueError("config.init.options.text_distilbert: the HierVL video backbone has no text encoder.")
+    path = options["text_distilbert"]
+    if heads(path) is None:
+      raise ValueError(f"config.init.options.text_distilbert={path!r}: no config.json beside the weights.")
+    put(bert.from_hf_distilbert(hf_weights.read_weights(path), heads(path)), "text_encoder")
+  source = dict(restored or {})
+  source.update(loaded)
+  out, problems = {}, []
+  for path, src in source.items():
+    if path not in params:
+      problems.append(f"{path}: not a parameter of this model")
+      continue
+    if path.endswith("video_encoder/time_embedding") and np.shape(src)[1] != frames:
+      src = timesformer.resize_time_table(src, frames, method)
+    if np.shape(src) != np.shape(params[path]):
+      problems.append(f"{path}: weights {np.shape(src)} vs model {np.shape(params[path])}")
+      continue
+    out[path] = src
+  if problems and loaded:
+    raise ValueError("Pretrained weights (config.init.options) do not fit the HierVL model:\n  "
+                     + "\n  ".join(problems))
+  if problems:
+    raise ValueError("Checkpoint does not fit the HierVL model:\n  " + "\n  ".join(problems))
+  return out if (restored is not None or loaded) else {}
