@@ -23,14 +23,18 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vlm.models import bert
 from vlm.models import common
+from vlm.models import hf_weights
 from vlm.models import timesformer
+from vlm.models import vit_checkpoints
 from vlm.nn import dropout as dropout_lib
 from vlm.nn import logical as ax
 from vlm.nn import transformer
@@ -230,10 +234,6 @@ def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, mod
   A checkpoint (`config.init.path`) loads as it is, its temporal table resized the same way when its frame count
   differs. Anything that does not fit is an error naming the parameter.
   """
-  import flax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from vlm.models import hf_weights  # pylint: disable=g-import-not-at-top
-  from vlm.models import vit_checkpoints  # pylint: disable=g-import-not-at-top
   options = {k: v for k, v in dict(init.get("options") or {}).items() if v is not None}
   method = str(options.get("time_resize", "zeros"))
   prefix = "backbone/" if "backbone/video_encoder/cls" in params else ""
