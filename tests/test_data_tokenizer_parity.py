@@ -34,9 +34,9 @@ def test_wordpiece_ids_equal_hf_bert_tokenizer():
   differ = [(s, hf.encode(s, add_special_tokens=False), ours.to_int(s)) for s in SENTENCES
             if hf.encode(s, add_special_tokens=False) != ours.to_int(s)]
   assert not differ, differ
-  # With [CLS] / [SEP] (non-empty texts; an empty caption stays empty so its mask stays zero).
-  for s in SENTENCES[:5]:
-    assert ours.to_int(s, bos=True, eos=True) == hf.encode(s)
+  # With [CLS] / [SEP], the empty and blank texts included ([CLS] [SEP]).
+  differ = [s for s in SENTENCES if ours.to_int(s, bos=True, eos=True) != hf.encode(s)]
+  assert not differ, differ
 
 
 def test_truncation_keeps_sep_as_hf():
@@ -48,4 +48,17 @@ def test_truncation_keeps_sep_as_hf():
   out = op({"captions": tf.constant([text, ""])})
   want = hf(text, truncation=True, max_length=8)["input_ids"]
   assert out["text"].numpy()[0].tolist() == want and want[-1] == ours.eos_id
-  assert out["text_mask"].numpy()[1].tolist() == [0] * 8  # a padding caption stays empty
+  assert out["text"].numpy()[1].tolist()[:2] == hf.encode("")  # an empty caption in the data: [CLS] [SEP]
+
+
+def test_padding_captions_stay_invalid_while_empty_ones_are_cls_sep():
+  hf, ours = _tokenizers()
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from vlm.data import ops_text  # pylint: disable=g-import-not-at-top
+  sample = ops_text.sample_captions(3, random=False)
+  tokenize = ops_text.tokenize(6, tokenizer=ours, bos=True, eos=True)
+  out = tokenize(sample({"captions": tf.constant(["a horse", ""])}))  # two real captions, one padding slot
+  assert "captions_valid" not in out
+  cls_sep = hf.encode("")
+  assert out["text"].numpy().tolist() == [hf.encode("a horse") + [0, 0], cls_sep + [0] * 4, [0] * 6]
+  assert out["text_mask"].numpy().tolist() == [[1, 1, 1, 1, 0, 0], [1, 1, 0, 0, 0, 0], [0] * 6]

@@ -2,8 +2,9 @@
 
   sample_captions  `captions` string [K0] -> [K]: K candidates (MIL-NCE; VATT uses the caption plus its
                    neighbouring sentences). Training takes a random contiguous window of K (narrations are in
-                   time order), eval the first K. Missing ones are empty strings, which tokenize to an
-                   all-zero mask: an invalid caption the losses ignore.
+                   time order), eval the first K. Missing ones are padded with empty strings and marked in
+                   `<key>_valid` bool [K]; `tokenize` gives them an all-zero mask: an invalid caption the
+                   losses ignore. (A caption that is empty in the data is valid: [CLS] [SEP] with bos/eos.)
   tokenize         strings [...] -> `text` int32 [..., L] and `text_mask` int32 [..., L] (clipped or padded).
                    The tokenizer comes from `config.input.tokenizer` (the pipeline injects it as a default) or
                    from the op's `tokenizer=dict(kind=..., vocab_file=...)`.
@@ -22,7 +23,10 @@ from vlm.data.pp import register
 
 @register()
 def sample_captions(num: int = 1, random: bool = True, key: str = "captions") -> pp.Op:
-  """`key` string [K0] -> [num]: a random contiguous window (train) or the first `num` (eval), padded with ''."""
+  """`key` string [K0] -> [num]: a random contiguous window (train) or the first `num` (eval), padded with ''.
+
+  Also writes `<key>_valid` bool [num]: False for the padding, which `tokenize` masks out.
+  """
 
   def op(data):
     caps = tf.reshape(tf.convert_to_tensor(data[key], tf.string), [-1])
@@ -33,8 +37,10 @@ def sample_captions(num: int = 1, random: bool = True, key: str = "captions") ->
     else:
       start = 0
     chosen = caps[start:start + num]
-    chosen = tf.concat([chosen, tf.fill([num - tf.shape(chosen)[0]], "")], 0)
-    return {**data, key: tf.ensure_shape(chosen, [num])}
+    real = tf.shape(chosen)[0]
+    chosen = tf.concat([chosen, tf.fill([num - real], "")], 0)
+    valid = tf.range(num) < real
+    return {**data, key: tf.ensure_shape(chosen, [num]), f"{key}_valid": tf.ensure_shape(valid, [num])}
 
   return op
 
@@ -49,7 +55,8 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
     max_len: L (VATT: 16 words).
     tokenizer: a `vocab.Tokenizer` or its config dict (`kind`, `vocab_file`, `lower`).
     bos, eos: add the vocabulary's BOS / EOS ids (counted within max_len; a clipped text keeps its EOS).
-    inkey, outkey, mask_key: input strings, output ids and mask keys.
+    inkey, outkey, mask_key: input strings, output ids and mask keys. When the data has `<inkey>_valid` (from
+      `sample_captions`), texts marked False become all-pad ids with an all-zero mask, and the marker is consumed.
   """
   if tokenizer is None:
     raise ValueError("tokenize: no tokenizer; set config.input.tokenizer or pass tokenizer=dict(kind=..., "
@@ -57,12 +64,18 @@ def tokenize(max_len: int, tokenizer: Mapping[str, Any] | vocab_lib.Tokenizer | 
   tok = vocab_lib.make_tokenizer(tokenizer)
 
   def op(data):
+    data = dict(data)
+    valid = data.pop(f"{inkey}_valid", None)
     text = tf.convert_to_tensor(data[inkey], tf.string)
     ids = tok.to_int_tf_op(text, bos=bos, eos=False)
     if eos:  # truncation keeps the EOS ([SEP]) last, as HF's tokenizers do
       clipped = ids[..., :max_len - 1]
       ids = vocab_lib._add_special(clipped, None, tok.eos_id, False, True)  # pylint: disable=protected-access
     dense, mask = vocab_lib.pad_or_clip(ids, max_len, tok.pad_id)
+    if valid is not None:
+      keep = tf.cast(valid, mask.dtype)[..., None]
+      mask = mask * keep
+      dense = tf.where(keep > 0, dense, tf.constant(tok.pad_id, dense.dtype))
     # Ragged tokenization loses the static outer shape; eval padding and batching want it back.
     shape = text.shape.concatenate([max_len])
     return {**data, outkey: tf.ensure_shape(dense, shape), mask_key: tf.ensure_shape(mask, shape)}

@@ -9,8 +9,7 @@ vocabulary, so evaluators can encode class names or queries exactly as the input
   cleaning (control and format characters deleted, whitespace characters made spaces), Python-style lower
   casing then NFD with the accents stripped (no compatibility folding: 'ß', 'ﬁ', '½', full-width letters stay
   themselves), CJK characters as words, punctuation split, special tokens written in the text ('[CLS]', '[SEP]',
-  '[MASK]', ...) kept whole, and words over 100 characters -> [UNK]. One difference is deliberate: an empty text
-  gives no ids even with bos/eos (HF: [CLS] [SEP]), so a padding caption keeps an all-zero mask.
+  '[MASK]', ...) kept whole, words over 100 characters -> [UNK], and an empty text with bos/eos -> [CLS] [SEP].
 * `WordTokenizer`: whole words for VATT-style vocabularies (2^16 words, one per line). Text is lower-cased,
   punctuation becomes a space, words are split on whitespace and looked up in a `tf.lookup.StaticHashTable`;
   unknown words map to the `[UNK]` id.
@@ -85,22 +84,28 @@ def _find(tokens: Sequence[str], candidates: Sequence[str]) -> int | None:
   return None
 
 
-def _add_special(ids: tf.RaggedTensor, bos_id: int | None, eos_id: int | None, bos: bool, eos: bool
-                 ) -> tf.RaggedTensor:
-  """Prepends / appends special ids along the last (ragged) axis, to non-empty texts only.
+def _add_special(ids: tf.Tensor | tf.RaggedTensor, bos_id: int | None, eos_id: int | None, bos: bool,
+                 eos: bool) -> tf.Tensor | tf.RaggedTensor:
+  """Prepends / appends special ids along the last (ragged) axis of every text, an empty one included.
 
-  An empty text (a padding caption) stays empty, so its mask stays all zero and the caption stays invalid.
+  An empty text gives [BOS, EOS] as HF's tokenizers do; padding captions are told apart by `sample_captions`'s
+  validity marker instead (ops_text.tokenize zeroes their masks).
   """
+  def one(token_id):
+    if isinstance(ids, tf.RaggedTensor):
+      outer = ids.bounding_shape()[:-1]
+      col = tf.fill(tf.concat([outer, [1]], 0), tf.constant(token_id, ids.dtype))
+      return tf.RaggedTensor.from_tensor(col, ragged_rank=ids.ragged_rank)
+    return tf.constant([token_id], ids.dtype)
+
   if bos:
     if bos_id is None:
       raise ValueError("This vocabulary has no BOS token ([CLS] or <s>).")
-    pre = tf.ones_like(ids[..., :1]) * bos_id
-    ids = tf.concat([pre, ids], axis=-1)
+    ids = tf.concat([one(bos_id), ids], axis=-1)
   if eos:
     if eos_id is None:
       raise ValueError("This vocabulary has no EOS token ([SEP] or </s>).")
-    post = tf.ones_like(ids[..., :1]) * eos_id
-    ids = tf.concat([ids, post], axis=-1)
+    ids = tf.concat([ids, one(eos_id)], axis=-1)
   return ids
 
 
