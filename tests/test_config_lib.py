@@ -103,3 +103,40 @@ def test_every_config_file_has_one_tiny_block_and_no_tiny_ternaries():
     assert len(re.findall(r"^  if (a\.)?tiny:", code, re.M)) == 1, path
     # (forwarding the flag to a base config, `",tiny" if tiny else ""`, is not a tiny value)
     assert not re.search(r"[^\"'] if (not )?(a\.)?tiny else\b", code), path
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0.0", r"config.optim.lr=0.0: expected a learning rate > 0"),
+    ("optim.lr=nan", r"config.optim.lr=nan: expected a learning rate > 0"),
+    ("optim.schedule.warmup_steps=-1", r"config.optim.schedule.warmup_steps=-1: expected a step count >= 0"),
+    ("total_steps=0", r"config.total_steps=0: expected a step count >= 1"),
+    ("input.batch_size=0", r"config.input.batch_size=0: expected a batch size >= 1"),
+    ("input.num_frames=0", r"config.input.num_frames=0: expected a count >= 1"),
+    ("model.droptoken_rate=1.0", r"config.model.droptoken_rate=1.0: expected a drop rate in \[0, 1\)"),
+    ("task.temperature=-0.1", r"config.task.temperature=-0.1: expected a temperature > 0"),
+    ("keep_checkpoints=0", r"config.keep_checkpoints=0: expected at least 1"),
+])
+def test_out_of_range_values_are_reported_when_the_task_is_built(override, message):
+  """Every config's numbers are range-checked by key name (config_lib.RANGE_RULES) before any model exists."""
+  import os  # pylint: disable=g-import-not-at-top
+  from vlm import registry  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = config_lib.load_config(os.path.join(root, "configs/vatt/pretrain.py:tiny"))
+  key, value = override.split("=")
+  *parents, leaf = key.split(".")
+  with config.unlocked():
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(float(value))
+  with pytest.raises(ValueError, match=message):
+    registry.build_task(config)
+
+
+def test_every_shipped_config_is_in_range():
+  import glob  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  for path in sorted(glob.glob(os.path.join(root, "configs", "*", "*.py"))):
+    for arg in ("tiny", ""):
+      config_lib.check_ranges(config_lib.load_config(f"{path}:{arg}" if arg else path))

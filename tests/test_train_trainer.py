@@ -178,7 +178,7 @@ def test_non_finite_parameters_stop_before_they_are_saved(tmp_path):
 
 
 def test_keep_checkpoints_must_keep_one(tmp_path):
-  with pytest.raises(ValueError, match=r"config.keep_checkpoints=0: keep at least 1"):
+  with pytest.raises(ValueError, match=r"config.keep_checkpoints=0: expected at least 1"):
     trainer.train_and_evaluate(_config(keep_checkpoints=0), str(tmp_path))
 
 

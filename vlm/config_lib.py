@@ -232,3 +232,66 @@ def load_config(spec: str) -> ConfigDict:
   cfg = module.get_config(arg or None)
   cfg.lock()
   return cfg
+
+
+# Value ranges by key name, checked on the whole config before anything is built (`check_ranges`). Patterns are
+# fnmatch patterns on the leaf key (the last part of its dotted path); the first matching rule applies. A key no
+# rule names is left to the code that reads it (sizes, ids and shapes are checked where the model is built).
+_UNIT = "a probability in [0, 1)"
+RANGE_RULES: tuple[tuple[str, str, Any], ...] = (
+    ("*keep_rate", "a keep rate in (0, 1] (1 keeps everything)", lambda v: 0.0 < v <= 1.0),
+    ("*drop*_rate", "a drop rate in [0, 1) (0 disables it)", lambda v: 0.0 <= v < 1.0),
+    ("head_dropout", "a drop rate in [0, 1) (0 disables it)", lambda v: 0.0 <= v < 1.0),
+    ("label_smoothing", _UNIT, lambda v: 0.0 <= v < 1.0),
+    ("mlm_probability", "a masking probability in (0, 1)", lambda v: 0.0 < v < 1.0),
+    ("colour_change", "a probability in [0, 1]", lambda v: 0.0 <= v <= 1.0),
+    ("b1", _UNIT, lambda v: 0.0 <= v < 1.0),
+    ("b2", _UNIT, lambda v: 0.0 <= v < 1.0),
+    ("momentum", _UNIT, lambda v: 0.0 <= v < 1.0),
+    ("lr", "a learning rate > 0", lambda v: v > 0),
+    ("end_lr", "a learning rate >= 0", lambda v: v >= 0),
+    ("weight_decay", "a decay >= 0", lambda v: v >= 0),
+    ("grad_clip_norm", "a norm > 0 (None disables clipping)", lambda v: v > 0),
+    ("temperature", "a temperature > 0", lambda v: v > 0),
+    ("*weight", "a loss weight >= 0", lambda v: v >= 0),
+    ("warmup_steps", "a step count >= 0", lambda v: v >= 0),
+    ("keep_checkpoints", "at least 1 (the last checkpoint is the run's result)", lambda v: v >= 1),
+    ("*_steps", "a step count >= 1", lambda v: v >= 1),
+    ("steps", "a step count >= 1", lambda v: v >= 1),
+    ("batch_size", "a batch size >= 1", lambda v: v >= 1),
+    ("num_*", "a count >= 1", lambda v: v >= 1),
+    ("max_*_len", "a length >= 1", lambda v: v >= 1),
+    ("max_iters", "a count >= 1", lambda v: v >= 1),
+    ("*_size", "a size >= 1", lambda v: v >= 1),
+    ("*_dim", "a width >= 1", lambda v: v >= 1),
+    ("*_layers", "a layer count >= 0", lambda v: v >= 0),
+    ("*_blocks", "a block count >= 0", lambda v: v >= 0),
+    ("*sample_rate", "a rate in Hz > 0", lambda v: v > 0),
+    ("fps", "frames per second > 0", lambda v: v > 0),
+    ("shuffle_buffer", "a buffer size >= 0", lambda v: v >= 0),
+    ("C", "a regularisation constant > 0", lambda v: v > 0),
+    ("tol", "a tolerance > 0", lambda v: v > 0),
+)
+
+
+def check_ranges(config: Any, *, prefix: str = "config") -> None:
+  """Raises ValueError naming the first numeric config value outside its range (`RANGE_RULES`).
+
+  Walks nested ConfigDicts and dicts (mixture entries, task and evaluator blocks); None, booleans and
+  non-numbers are skipped, as are NaN-free ints used as ids (no rule names them).
+  """
+  import fnmatch  # pylint: disable=g-import-not-at-top
+  import math  # pylint: disable=g-import-not-at-top
+  items = config.items() if hasattr(config, "items") else ()
+  for key, value in items:
+    path = f"{prefix}.{key}"
+    if isinstance(value, (ConfigDict, dict)):
+      check_ranges(value, prefix=path)
+      continue
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+      continue
+    for pattern, expected, ok in RANGE_RULES:
+      if fnmatch.fnmatchcase(str(key), pattern):
+        if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
+          raise ValueError(f"{path}={value!r}: expected {expected}.")
+        break

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from vlm import config_lib
 from vlm import protocols
 
 
@@ -25,7 +26,12 @@ def resolve(name: str, package: str) -> Any:
 
 
 def build_task(config: Any) -> protocols.Task:
-  """`vlm.tasks.<config.task.name>.Task(config)`, checked against the task protocol (vlm/protocols.py)."""
+  """`vlm.tasks.<config.task.name>.Task(config)`, checked against the task protocol (vlm/protocols.py).
+
+  The config's value ranges (config_lib.RANGE_RULES) are checked first, so a bad rate, size or step count is
+  reported before the task or its model is built.
+  """
+  config_lib.check_ranges(config)
   task = resolve(config.task.name, "tasks").Task(config)
   protocols.require(task, protocols.Task, f"config.task.name={config.task.name!r}")
   return task

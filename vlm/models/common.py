@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import ml_collections
 
+from vlm import config_lib
+
 RESERVED = ("name", "variant")  # config.model keys that select the model rather than set a field
 
 
@@ -90,20 +92,12 @@ def model_kwargs(cls: type, model_cfg: Any, *, sizes: Mapping[str, Mapping[str, 
   for key, value in kwargs.items():
     if (key == "dtype" or key.endswith("_dtype")) and isinstance(value, str):
       kwargs[key] = jnp.dtype(value)
-  check_rates(kwargs, prefix="config.model.")
+  check_rates(kwargs)
   return kwargs
 
 
-def check_rates(values: Mapping[str, Any], *, prefix: str = "") -> None:
-  """Probabilities by name: `*drop*_rate` (dropout, DropToken, drop-path) in [0, 1), `*keep_rate` in (0, 1].
-
-  A drop rate of 1 would drop everything (DropToken keeps no token; dropout divides by 0) and a negative one
-  silently disables the feature, so both are errors naming the key.
-  """
-  for key, value in values.items():
-    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-      continue
-    if key.endswith("_rate") and "drop" in key and not 0.0 <= value < 1.0:
-      raise ValueError(f"{prefix}{key}={value}: a drop rate must be in [0, 1) (0 disables it).")
-    if key.endswith("keep_rate") and not 0.0 < value <= 1.0:
-      raise ValueError(f"{prefix}{key}={value}: a keep rate must be in (0, 1] (1 keeps everything).")
+def check_rates(values: Mapping[str, Any], *, prefix: str = "config.model") -> None:
+  """Checks model fields by name with the config's value-range rules (`config_lib.RANGE_RULES`): drop rates in
+  [0, 1), keep rates in (0, 1], sizes >= 1. A drop rate of 1 would drop everything and a negative one silently
+  disables the feature, so both are errors naming the key."""
+  config_lib.check_ranges(values, prefix=prefix)

@@ -50,6 +50,7 @@ import optax
 from vlm.parallel import mesh as mesh_lib
 from vlm.parallel import multihost
 from vlm.parallel import partitioning
+from vlm import config_lib
 from vlm import protocols
 from vlm import registry
 from vlm.registry import build_task  # re-exported: tools and tests build tasks through the trainer
@@ -424,10 +425,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
     The last logged train metrics and eval metrics.
   """
   total_steps = int(config.total_steps)
-  keep = config.get("keep_checkpoints", 3)
-  if keep is not None and int(keep) < 1:
-    raise ValueError(f"config.keep_checkpoints={keep}: keep at least 1 (the last checkpoint is the run's result; "
-                     "0 would delete it).")
+  config_lib.check_ranges(config)  # e.g. keep_checkpoints >= 1: 0 would delete the run's result
   # Every records glob of the run (train and evaluations) is listed now, before the state build.
   from vlm.data import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
   if "." not in str(config.input.get("data", {}).get("name", "")):  # a dotted name brings its own iterator
