@@ -199,16 +199,22 @@ def test_builtin_episodes_group_into_whole_episodes(tmp_path):
   builtin.ensure_builtin(**options)
   cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
       data=dict(name="builtin", split="train", options=options), batch_size=3, shuffle_buffer=1,
-      extra_context={builtin.EPISODE_ID: "int", builtin.EPISODE_INDEX: "int"},
+      extra_context={builtin.EPISODE_ID: "int", builtin.EPISODE_INDEX: "int", builtin.EPISODE_NOUNS: "int",
+                     builtin.EPISODE_VERBS: "int"},
       group=dict(size=4, key=builtin.EPISODE_ID),
       pp="sample_clip(2)|center_crop(8)|copy('episode/id', 'episode')|copy('episode/index', 'clip')|"
-         "keep('video', 'episode', 'clip')")))
+         f"multihot(3, inkey='{builtin.EPISODE_NOUNS}', outkey='nouns')|"
+         f"multihot(4, inkey='{builtin.EPISODE_VERBS}', outkey='verbs')|copy('label_index', 'label')|"
+         "keep('video', 'episode', 'clip', 'nouns', 'verbs', 'label')")))
   it = inputs.make_train_iterator(cfg, process_index=0, process_count=1)
   b = next(it)  # 14 clips: episodes of 4, 4, 4 and 2 (the last, short one dropped)
   assert b["video"].shape == (3, 4, 2, 8, 8, 3)
   episode, clip = b["episode"][..., 0], b["clip"][..., 0]
   assert sorted(episode[:, 0].tolist()) == [0, 1, 2] and np.all(episode == episode[:, :1])
   np.testing.assert_array_equal(clip, np.broadcast_to(np.arange(4), (3, 4)))
+  # The narration's tags: noun = the shape, verb = the direction (the class label is shape * 4 + direction).
+  assert b["nouns"].shape == (3, 4, 3) and np.all(b["nouns"].sum(-1) == 1) and np.all(b["verbs"].sum(-1) == 1)
+  np.testing.assert_array_equal(b["nouns"].argmax(-1) * 4 + b["verbs"].argmax(-1), b["label"][..., 0])
   next(it)  # the short episode ends shard 1: its count comes with the next epoch's first group
   assert it.skipped["group_dropped"] == 2
 

@@ -280,6 +280,41 @@ def test_write_read_back_and_skip_bad_inputs(tmp_path):
 
 
 @needs_videos
+def test_episode_columns_are_written_and_read_back_as_groups(tmp_path):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from vlm.data import builtin, inputs  # pylint: disable=g-import-not-at-top
+  bikes = os.path.join(VIDEOS, "bikes.mp4")
+  rows = [dict(video=bikes, start=0.0, end=0.3, episode="ep-a", narration="c picks a cup", nouns="3", verbs="1|2",
+               summary="c makes tea"),
+          dict(video=bikes, start=0.3, end=0.6, episode="ep-a", narration="c pours water", nouns="4", verbs="5"),
+          dict(video=bikes, start=0.6, end=0.9, episode="ep-b", narration="c opens a door", nouns="0", verbs="0",
+               summary="c leaves"),
+          dict(video=bikes, start=0.9, end=1.2, episode="ep-b", narration="c walks", nouns="", verbs="6",
+               summary="c leaves")]
+  summary = write.write_manifest(rows, str(tmp_path / "ep"), fps=10, short_side=32, progress=False)
+  assert summary["num_written"] == 4
+  cfg = ml_collections.ConfigDict(dict(seed=0, input=dict(
+      data=dict(name="records", files=summary["files"][0]), batch_size=2, shuffle_buffer=1, cycle_length=1,
+      extra_context={k: "string" for k in (builtin.EPISODE_ID, builtin.EPISODE_NARRATION,
+                                          builtin.EPISODE_SUMMARY)} | {builtin.EPISODE_INDEX: "int",
+                                                                       builtin.EPISODE_NOUNS: "int"},
+      group=dict(size=2, key=builtin.EPISODE_ID),
+      pp="sample_clip(2)|center_crop(16)|multihot(8, inkey='episode/noun/index', outkey='nouns')|"
+         "keep('video', 'episode/id', 'episode/index', 'episode/narration', 'episode/summary', 'nouns')")))
+  b = next(inputs.make_train_iterator(cfg, process_index=0, process_count=1))
+  # Each example is one episode: features [K=2, ...]; string context features [K, 1].
+  by_id = {b["episode/id"][j, 0, 0].decode(): j for j in range(2)}
+  assert sorted(by_id) == ["ep-a", "ep-b"]
+  a, bb = by_id["ep-a"], by_id["ep-b"]
+  assert b["episode/index"][a, :, 0].tolist() == [0, 1]
+  assert [t.decode() for t in b["episode/narration"][a, :, 0]] == ["c picks a cup", "c pours water"]
+  assert [t.decode() for t in b["episode/summary"][a, :, 0]] == ["c makes tea"] * 2  # given on the first row only
+  assert b["nouns"][a].argmax(-1).tolist() == [3, 4] and b["nouns"][bb, 1].sum() == 0  # no noun on that row
+  with pytest.raises(ValueError, match="episode 'ep-a' are not consecutive"):
+    write.write_manifest(rows + [dict(rows[0])], str(tmp_path / "bad"), fps=10, progress=False)
+
+
+@needs_videos
 def test_cli_with_worker_processes(tmp_path):
   manifest = tmp_path / "m.csv"
   manifest.write_text("video,end,captions\n" + "".join(

@@ -41,10 +41,13 @@ What a clip holds (default 32 frames at 10 fps = 3.2 s, 64x64, 48 kHz mono audio
 * Events (`event/start_frame`, `event/end_frame`): in a quarter of the clips the big object is visible only in
   frames [start, end) (its sound too); the captions describe it, so only those frames match the text. For the
   TW-BERT frame selector (and a check that selection picks frames inside the event). Otherwise [0, F).
-* Episodes (`episode/id`, `episode/index`, `episode/length`, `episode/narration`, `episode/summary`): consecutive
+* Episodes (`episode/id`, `episode/index`, `episode/length`, `episode/narration`, `episode/noun/index`,
+  `episode/verb/index`, `episode/summary`): consecutive
   clips in groups of `episode_len` follow one object (same shape and colour, continuous trajectory, new direction
   and speed per clip). Each clip has one narration ("the red circle moves left") and the episode one summary
-  ("a red circle moves left then up then right"); `clip/start/timestamp` counts from the episode's start. For
+  ("a red circle moves left then up then right"); the narration's noun is the shape (index into `SHAPES`) and
+  its verb the direction (index into `DIRECTIONS`), for EgoNCE's positives; `clip/start/timestamp` counts from
+  the episode's start. For
   HierVL's clip- and summary-level losses (an aggregator over the clips must find the summary). Episodes never
   straddle shards, and records keep episode order inside a shard.
 * Images (splits `train_images`, `test_images`): one-frame records of static objects, labelled with the colour and
@@ -86,7 +89,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: episode noun / verb tags added (the same clips and texts as 1)
+# The random streams are seeded with this, not FORMAT_VERSION, so that a format change that only adds features
+# keeps every clip, caption and label (and so every result measured on the data) as it was.
+_STREAM_VERSION = 1
 # Generator version of each option's data, hashed into the cache directory while the option is on (version 2 of
 # colour_change: one "what colour does it turn" question per changing clip; version 1 asked "at the start" / "at
 # the end").
@@ -118,6 +124,8 @@ EPISODE_ID = "episode/id"
 EPISODE_INDEX = "episode/index"
 EPISODE_LENGTH = "episode/length"
 EPISODE_NARRATION = "episode/narration"
+EPISODE_NOUNS = "episode/noun/index"
+EPISODE_VERBS = "episode/verb/index"
 EPISODE_SUMMARY = "episode/summary"
 EVENT_START = "event/start_frame"
 EVENT_END = "event/end_frame"
@@ -526,20 +534,6 @@ def _event_gain(start: int, end: int, num_frames: int, fps: float, sample_rate: 
 # Records.
 
 
-def _context(extra: dict[str, Any]):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  def feature(v):
-    if isinstance(v, (list, tuple)) and v and isinstance(v[0], (str, bytes)) or isinstance(v, (str, bytes)):
-      vals = [v] if isinstance(v, (str, bytes)) else v
-      return tf.train.Feature(bytes_list=tf.train.BytesList(
-          value=[x.encode() if isinstance(x, str) else x for x in vals]))
-    vals = list(v) if isinstance(v, (list, tuple)) else [v]
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(x) for x in vals]))
-
-  return {k: feature(v) for k, v in extra.items()}
-
-
 def _attributes(objs: Sequence[dict[str, Any]], motion: bool) -> list[int]:
   idx = set()
   for o in objs:
@@ -628,13 +622,14 @@ def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: 
         QA_KIND_INDEX: kinds,
         EPISODE_ID: episode, EPISODE_INDEX: i, EPISODE_LENGTH: length,
         EPISODE_NARRATION: _narration(clip), EPISODE_SUMMARY: summary,
+        EPISODE_NOUNS: [clip["shape"]], EPISODE_VERBS: [clip["direction"]],
         EVENT_START: s, EVENT_END: e,
     }
     ex = records.make_sequence_example(
         jpeg_frames=media.encode_jpegs(frames, jpeg_quality), fps=fps, audio=audio, sample_rate=sample_rate,
         captions=_captions(rng, clip), label_index=[label], label_text=[CLASS_NAMES[label]],
         filename=f"builtin/{SPLITS[split_index]}/{first_clip + i:07d}", start_us=i * duration_us,
-        end_us=(i + 1) * duration_us, extra_context=_context(extra))
+        end_us=(i + 1) * duration_us, extra_context=records.context_features(extra))
     out.append(ex.SerializeToString())
   return out
 
@@ -675,7 +670,7 @@ def _image_record(rng, split_index: int, index: int, *, fps: float, size: int, j
   ex = records.make_sequence_example(
       jpeg_frames=media.encode_jpegs(frame, jpeg_quality), fps=fps, audio=None, captions=captions,
       label_index=[label], label_text=[IMAGE_CLASS_NAMES[label]],
-      filename=f"builtin/{SPLITS[split_index]}/{index:07d}", extra_context=_context(extra))
+      filename=f"builtin/{SPLITS[split_index]}/{index:07d}", extra_context=records.context_features(extra))
   return ex.SerializeToString()
 
 
@@ -767,7 +762,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
   for split_index, split in enumerate(SPLITS):
     ts = time.time()
     # One independent random stream per split: the splits never share a clip.
-    rng = np.random.default_rng([seed, split_index, FORMAT_VERSION])
+    rng = np.random.default_rng([seed, split_index, _STREAM_VERSION])
     total = counts[split]
     is_images = split.endswith("images")
     num_groups = total if is_images else -(-total // episode_len)

@@ -52,6 +52,22 @@ def _ints(values: Iterable[int]) -> tf.train.Feature:
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
 
 
+def context_features(values: Mapping[str, object]) -> dict[str, tf.train.Feature]:
+  """{key: str | bytes | int | float or a list of one kind} -> context features (bytes, int64 or float lists).
+
+  For `make_sequence_example(extra_context=...)`: QA pairs, episode ids and tags, event frames.
+  """
+  def feature(v):
+    vals = list(v) if isinstance(v, (list, tuple, np.ndarray)) else [v]
+    if vals and isinstance(vals[0], (str, bytes)):
+      return _bytes(vals)
+    if vals and isinstance(vals[0], (float, np.floating)):
+      return _floats([float(x) for x in vals])
+    return _ints(vals)
+
+  return {k: feature(v) for k, v in values.items()}
+
+
 def _varint(n: int) -> bytes:
   out = bytearray()
   while True:

@@ -13,6 +13,15 @@ The manifest is a CSV file with a header row:
   captions optional, several separated by `|`
   labels   optional integer class indices separated by `|`
   label_text optional class names separated by `|` (same order as `labels`)
+  episode  optional id of the long video (episode) the clip belongs to (HierVL); with it:
+  narration  the clip's narration;  nouns / verbs  its noun and verb class indices separated by `|`;
+  summary  the episode's summary text (the same on each of its rows, or on its first row only)
+
+Episodes: rows of one episode must be consecutive and in time order; each record gets `episode/id`,
+`episode/index` (its position in the episode), `episode/length`, `episode/narration`, `episode/noun/index`,
+`episode/verb/index` and `episode/summary` (the built-in dataset's keys, vlm/data/builtin.py), which
+`config.input.group = dict(size=N, key='episode/id')` reads back as episodes. An episode id that comes back after
+other rows is an error (it would be read as two episodes).
 
 `--output=DIR/name@N` writes N shards `DIR/name-00000-of-0000N.tfrecord` ... (N = 1 without `@N`). Row i of the
 manifest goes to shard floor(i * N / rows) (contiguous, near-equal chunks), so the shards keep the manifest's order
@@ -67,7 +76,8 @@ def _seconds(value: Any) -> float | None:
 
 
 def parse_row(row: Mapping[str, Any], base_dir: str | None = None) -> dict[str, Any]:
-  """Normalises one manifest row to {'video', 'start', 'end', 'captions', 'labels', 'label_text'}.
+  """Normalises one manifest row to {'video', 'start', 'end', 'captions', 'labels', 'label_text'} (and, with an
+  `episode` column value, 'episode', 'narration', 'nouns', 'verbs', 'summary').
 
   Raises:
     ValueError: the row has no `video`, or a malformed number.
@@ -80,7 +90,14 @@ def parse_row(row: Mapping[str, Any], base_dir: str | None = None) -> dict[str, 
     if os.path.exists(candidate) or not os.path.exists(video):
       video = candidate
   labels = [int(v) for v in _split(row.get("labels"))]
-  return {
+  episode = str(row.get("episode") or "").strip()
+  extra = {}
+  if episode:
+    extra = {"episode": episode, "narration": str(row.get("narration") or "").strip(),
+             "nouns": [int(v) for v in _split(row.get("nouns"))],
+             "verbs": [int(v) for v in _split(row.get("verbs"))],
+             "summary": str(row.get("summary") or "").strip()}
+  return {**extra,
       "video": video,
       "start": _seconds(row.get("start")),
       "end": _seconds(row.get("end")),
@@ -155,8 +172,43 @@ def encode_row(row: Mapping[str, Any], *, fps: float | None, short_side: int | N
       filename=row["video"],
       start_us=int(round(clip.start * 1e6)),
       end_us=int(round(clip.end * 1e6)),
+      extra_context=records.context_features(_episode_context(row)) if row.get("episode") else None,
   )
   return ex.SerializeToString()
+
+
+def _episode_context(row: Mapping[str, Any]) -> dict[str, Any]:
+  from vlm.data import builtin  # pylint: disable=g-import-not-at-top
+  return {builtin.EPISODE_ID: row["episode"], builtin.EPISODE_INDEX: row["episode_index"],
+          builtin.EPISODE_LENGTH: row["episode_length"], builtin.EPISODE_NARRATION: row["narration"],
+          builtin.EPISODE_NOUNS: row["nouns"], builtin.EPISODE_VERBS: row["verbs"],
+          builtin.EPISODE_SUMMARY: row["summary"]}
+
+
+def number_episodes(rows: list[tuple[int, dict[str, Any]]]) -> None:
+  """Sets each episode row's `episode_index` / `episode_length` and fills a summary given on its first row only.
+
+  Raises:
+    ValueError: an episode's rows are not consecutive (naming the episode and the rows).
+  """
+  runs: list[list[dict[str, Any]]] = []
+  seen: dict[str, int] = {}
+  for i, row in rows:
+    ep = row.get("episode")
+    if not ep:
+      continue
+    if runs and runs[-1][0]["episode"] == ep:
+      runs[-1].append(row)
+      continue
+    if ep in seen:
+      raise ValueError(f"manifest: the rows of episode {ep!r} are not consecutive (row {seen[ep]} and row {i}, "
+                       "with other rows between); sort the manifest by episode, then by time.")
+    seen[ep] = i
+    runs.append([row])
+  for run in runs:
+    summary = next((r["summary"] for r in run if r["summary"]), "")
+    for k, r in enumerate(run):
+      r.update(episode_index=k, episode_length=len(run), summary=r["summary"] or summary)
 
 
 def _write_shard(task: tuple[str, list[tuple[int, dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
@@ -277,6 +329,7 @@ def write_manifest(
       rows.append((i, parse_row(r, base_dir)))
     except Exception as e:  # pylint: disable=broad-except
       errors.append({"row": i, "video": r.get("video"), "error": f"{type(e).__name__}: {e}"})
+  number_episodes(rows)
 
   paths = shard_paths(directory, name, num_shards)
   chunks = [rows[len(rows) * s // num_shards:len(rows) * (s + 1) // num_shards] for s in range(num_shards)]
