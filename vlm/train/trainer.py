@@ -426,6 +426,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
   """
   total_steps = int(config.total_steps)
   config_lib.check_ranges(config)  # e.g. keep_checkpoints >= 1: 0 would delete the run's result
+  keep = config.get("keep_checkpoints", 3)
   # Every records glob of the run (train and evaluations) is listed now, before the state build.
   from vlm.data import inputs as inputs_lib  # pylint: disable=g-import-not-at-top
   if "." not in str(config.input.get("data", {}).get("name", "")):  # a dotted name brings its own iterator
