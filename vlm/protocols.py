@@ -49,6 +49,20 @@ class DualEncoder(Protocol):
 
 
 @runtime_checkable
+class EpisodeEncoder(Protocol):
+  """Dual encoder that also embeds a set of clips as one (the `multiple_choice` evaluator's SummaryMCQ)."""
+
+  def embed_video(self, variables: Variables, video: Array) -> Array:
+    """video [B, T, H, W, 3] -> L2-normalised [B, E]."""
+
+  def embed_text(self, variables: Variables, text: Array, text_mask: Array) -> Array:
+    """ids / mask [B, L] -> L2-normalised [B, E]."""
+
+  def embed_episode(self, variables: Variables, video: Array, mask: Array | None = None) -> Array:
+    """video [B, N, T, H, W, 3] (+ clip mask [B, N]) -> L2-normalised [B, E] of the N clips together."""
+
+
+@runtime_checkable
 class CrossEncoder(Protocol):
   """A model that scores (text, video) pairs jointly: retrieval re-ranks its top k with `match_scores`."""
 

@@ -8,7 +8,7 @@ dimension is split over the mesh's batch axes. Only process 0 writes files other
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from absl import logging
 import jax
@@ -44,17 +44,18 @@ def is_main_process() -> bool:
   return jax.process_index() == 0
 
 
-def check_batch_size(global_batch_size: int, num_batch_shards: int, process_count: int) -> int:
+def check_batch_size(global_batch_size: int, num_batch_shards: int, process_count: int, *,
+                     key: str = "config.input.batch_size") -> int:
   """Returns the per-host batch size, or raises (before any compilation) when the batch cannot be split."""
   if global_batch_size <= 0:
-    raise ValueError(f"config.input.batch_size must be positive, got {global_batch_size}.")
+    raise ValueError(f"{key} must be positive, got {global_batch_size}.")
   if global_batch_size % num_batch_shards:
     raise ValueError(
         f"Global batch size {global_batch_size} is not divisible by the {num_batch_shards} data shards of the "
-        "mesh (the product of its 'data' and 'fsdp' sizes); change config.input.batch_size or config.mesh.")
+        f"mesh (the product of its 'data' and 'fsdp' sizes); change {key} or config.mesh.")
   if global_batch_size % process_count:
     raise ValueError(
-        f"Global batch size {global_batch_size} is not divisible by the {process_count} processes.")
+        f"Global batch size {global_batch_size} ({key}) is not divisible by the {process_count} processes.")
   return global_batch_size // process_count
 
 
@@ -69,24 +70,28 @@ def _device_leaves(batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def global_batch(local_batch: Mapping[str, Any], sharding: jax.sharding.Sharding,
-                 per_host_batch_size: int | None = None) -> dict[str, jax.Array]:
+                 per_host_batch_size: int | Collection[int] | None = None) -> dict[str, jax.Array]:
   """Per-host numpy batch -> dict of global arrays sharded along the leading dimension.
 
   Args:
     local_batch: this process's rows of the global batch (dict of arrays with equal leading size).
     sharding: sharding of every leaf (leading dimension over the batch axes).
-    per_host_batch_size: when given, every leaf's leading dimension must equal it.
+    per_host_batch_size: when given, every leaf's leading dimension must equal it (or, given several sizes -
+      a mixture whose streams have their own batch sizes - one of them, the same for every leaf).
 
   Returns:
     Global arrays; non-numeric leaves (strings) are dropped.
   """
   local = _device_leaves(local_batch)
   if per_host_batch_size is not None:
+    allowed = {per_host_batch_size} if isinstance(per_host_batch_size, int) else set(per_host_batch_size)
+    sizes = {value.shape[0] if value.ndim else None for value in local.values()}
     for key, value in local.items():
-      if value.ndim == 0 or value.shape[0] != per_host_batch_size:
+      if value.ndim == 0 or value.shape[0] not in allowed or len(sizes) > 1:
+        want = " or ".join(str(s) for s in sorted(allowed))
         raise ValueError(
-            f"Batch entry {key!r} has shape {value.shape} but this host should feed {per_host_batch_size} "
-            f"examples (global batch / {jax.process_count()} processes).")
+            f"Batch entry {key!r} has shape {value.shape} but this host should feed {want} examples (global "
+            f"batch / {jax.process_count()} processes), the same number in every entry.")
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 

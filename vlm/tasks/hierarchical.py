@@ -2,11 +2,12 @@
 
 Two kinds of batch, told apart by the rank of `video`, each compiled once by `jax.jit`:
 
-  child   video [B, T, H, W, 3], text / text_mask [B, L] (one narration per clip), optional nouns [B, Nn] and
+  child   video [B, T, H, W, 3], text / text_mask [B, L] or [B, 1, L] (one narration per clip), optional nouns [B, Nn] and
           verbs [B, Nv] multi-hot tags: EgoNCE(f_v(video), f_n(text)) (vlm/losses/egonce.py; temperature 0.05,
           positives = the diagonal plus pairs sharing a noun and a verb; without tags the diagonal only).
-  parent  video [E, N, T, H, W, 3] (an episode's N clips: `config.input.group`), text / text_mask [E, N, L] (their
-          narrations), summary / summary_mask [E, L], optional group_mask [E, N] (padding clips):
+  parent  video [E, N, T, H, W, 3] (an episode's N clips: `config.input.group`), text / text_mask [E, N, (1,) L]
+          (their narrations), summary / summary_mask [E, L] (or [E, N, (1,) L] as a grouped pp gives it: row 0 is
+          taken), optional group_mask [E, N] (padding clips):
           sum over `summary_terms` of EgoNCE(Agg(...), ...) (`egonce.summary_loss`), with ONE aggregator for the
           clip and narration embeddings.
 
@@ -94,7 +95,7 @@ class Task:
     zero = jnp.zeros((), jnp.float32)
     if batch["video"].ndim == 5:  # child step
       v = apply(type(self.model).embed_video, batch["video"])
-      t = apply(type(self.model).embed_text, batch["text"], batch["text_mask"])
+      t = apply(type(self.model).embed_text, _one_text(batch["text"], 2), _one_text(batch["text_mask"], 2))
       nouns, verbs = batch.get("nouns"), batch.get("verbs")
       positives = o.positives if (nouns is not None or verbs is not None) else "diagonal"
       loss, ex = egonce.egonce_loss(v, t, nouns=nouns, verbs=verbs, temperature=o.temperature,
@@ -105,8 +106,8 @@ class Task:
     e, n = batch["video"].shape[:2]  # parent step: E episodes of N clips
     clips = batch["video"].reshape((e * n,) + batch["video"].shape[2:])
     v = apply(type(self.model).embed_video, clips).reshape(e, n, -1)
-    t = apply(type(self.model).embed_text, batch["text"].reshape(e * n, -1),
-              batch["text_mask"].reshape(e * n, -1)).reshape(e, n, -1)
+    t = apply(type(self.model).embed_text, _one_text(batch["text"], 3).reshape(e * n, -1),
+              _one_text(batch["text_mask"], 3).reshape(e * n, -1)).reshape(e, n, -1)
     mask = batch.get("group_mask")
     uses = {name for term in o.summary_terms for name in term.split("_")}
     agg_video = apply(type(self.model).aggregate, v, mask) if "video" in uses else None
@@ -115,11 +116,11 @@ class Task:
     if "summary" in uses:
       if "summary" not in batch:
         raise ValueError("config.task.summary_terms uses the summary, but the parent batch has no `summary`.")
-      summary = apply(type(self.model).embed_text, batch["summary"], batch["summary_mask"])
+      summary_ids, summary_mask = _summary(batch["summary"]), _summary(batch["summary_mask"])
+      summary = apply(type(self.model).embed_text, summary_ids, summary_mask)
     loss, ex = egonce.summary_loss(agg_video, agg_text, summary, temperature=o.temperature,
                                    terms=o.summary_terms,
-                                   summary_mask=jnp.any(batch["summary_mask"] > 0, -1) if summary is not None
-                                   else None)
+                                   summary_mask=jnp.any(summary_mask > 0, -1) if summary is not None else None)
     loss = o.summary_weight * loss
     metrics = {"loss": loss, "clip_egonce": zero, "clip_top1": zero, "summary_loss": loss,
                "parent_step": jnp.ones((), jnp.float32), "clip_diagonal_only": zero}
@@ -134,3 +135,24 @@ class Task:
     """[B, L] ids / mask -> L2-normalised [B, E]."""
     return contrastive.l2_normalize(self.model.apply(variables, text, text_mask,
                                                      method=type(self.model).embed_text))
+
+  def embed_episode(self, variables: dict[str, Any], video: jax.Array, mask: jax.Array | None = None
+                    ) -> jax.Array:
+    """[B, N, T, H, W, 3] clips (+ [B, N] mask) -> L2-normalised Agg(f_v(clips)) [B, E], as the parent step."""
+    b, n = video.shape[:2]
+    clips = self.model.apply(variables, video.reshape((b * n,) + video.shape[2:]),
+                             method=type(self.model).embed_video).reshape(b, n, -1)
+    return contrastive.l2_normalize(self.model.apply(variables, clips, mask, method=type(self.model).aggregate))
+
+
+def _one_text(x: jax.Array, rank: int) -> jax.Array:
+  """The batch contract's text [..., K, L] with K = 1 (one narration per clip) -> [..., L]; rank-`rank` input as is."""
+  return x[..., 0, :] if x.ndim == rank + 1 else x
+
+
+def _summary(x: jax.Array) -> jax.Array:
+  """summary [E, L], [E, K=1, L], [E, N, L] or [E, N, 1, L] (a grouped pp tokenizes it on each of the N clips,
+  which all carry the episode's summary: row 0 is the group's) -> [E, L]."""
+  while x.ndim > 2:
+    x = x[:, 0]
+  return x

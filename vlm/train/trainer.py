@@ -217,7 +217,7 @@ def make_train_iterator(config: ConfigDict, data_state: Any) -> Any:
               state=data_state)
 
 
-def _batches(data_iter: Any, sharding: jax.sharding.Sharding, per_host: int
+def _batches(data_iter: Any, sharding: jax.sharding.Sharding, per_host: set[int]
              ) -> Iterator[tuple[dict[str, jax.Array], Any]]:
   """(global batch, iterator position after it): the position is what a checkpoint of that step stores."""
   while True:
@@ -433,8 +433,12 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *, stop_after_steps: in
     inputs_lib.check_input_config(config, {name: ev.get("input", {})
                                            for name, ev in config.get("evals", {}).items()})
   setup = setup_mesh(config)
-  per_host = multihost.check_batch_size(config.input.batch_size, mesh_lib.num_batch_shards(setup.mesh),
-                                        jax.process_count())
+  # A mixture entry may set its own batch size (HierVL's episode stream): each must split over the mesh.
+  sizes = {("config.input.batch_size", config.input.batch_size)}
+  sizes |= {(f"config.input.mixture.{name}.batch_size", entry["batch_size"])
+            for name, entry in (config.input.get("mixture") or {}).items() if entry.get("batch_size")}
+  per_host = {multihost.check_batch_size(size, mesh_lib.num_batch_shards(setup.mesh), jax.process_count(),
+                                         key=key) for key, size in sorted(sizes)}
   task = build_task(config)
   lock = lock_lib.WorkdirLock(workdir) if multihost.is_main_process() else contextlib.nullcontext()
   with lock:
