@@ -28,14 +28,17 @@ def test_child_and_parent_steps():
   task = hierarchical.Task(_config())
   rng = np.random.default_rng(0)
   params = flax.core.meta.unbox(task.init_variables(jax.random.key(0), task.dummy_batch(2))["params"])
+  # Jitted: eager op-by-op tracing of these calls took minutes on 2 cores.
+  loss_fn = jax.jit(lambda p, b: task.loss_fn(p, {}, b, jax.random.key(1), train=False))
+  embed_v = jax.jit(lambda x: task.model.apply({"params": params}, x, method=hiervl.Model.embed_video))
+  embed_t = jax.jit(lambda x, k: task.model.apply({"params": params}, x, k, method=hiervl.Model.embed_text))
   text, mask = _text(rng, (4,))
   nouns = np.eye(3, dtype=np.float32)[[0, 0, 1, 2]]
   verbs = np.eye(3, dtype=np.float32)[[1, 1, 1, 2]]
   child = {"video": rng.uniform(-1, 1, (4, 2, 16, 16, 3)).astype(np.float32), "text": text, "text_mask": mask,
            "nouns": nouns, "verbs": verbs}
-  loss, (m, _) = task.loss_fn(params, {}, child, jax.random.key(1), train=False)
-  v = task.model.apply({"params": params}, child["video"], method=hiervl.Model.embed_video)
-  t = task.model.apply({"params": params}, text, mask, method=hiervl.Model.embed_text)
+  loss, (m, _) = loss_fn(params, child)
+  v, t = embed_v(child["video"]), embed_t(text, mask)
   want, _ = egonce.egonce_loss(v, t, nouns=nouns, verbs=verbs, temperature=0.05)
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   assert float(m["parent_step"]) == 0 and float(m["summary_loss"]) == 0
@@ -46,10 +49,8 @@ def test_child_and_parent_steps():
   group_mask[2, 3] = 0
   parent = {"video": rng.uniform(-1, 1, (3, 4, 2, 16, 16, 3)).astype(np.float32), "text": ntext,
             "text_mask": nmask, "summary": stext, "summary_mask": smask, "group_mask": group_mask}
-  loss, (m, _) = task.loss_fn(params, {}, parent, jax.random.key(1), train=False)
-  embed_v = lambda x: task.model.apply({"params": params}, x, method=hiervl.Model.embed_video)
-  embed_t = lambda x, k: task.model.apply({"params": params}, x, k, method=hiervl.Model.embed_text)
-  agg = lambda x: task.model.apply({"params": params}, x, group_mask, method=hiervl.Model.aggregate)
+  loss, (m, _) = loss_fn(params, parent)
+  agg = jax.jit(lambda x: task.model.apply({"params": params}, x, group_mask, method=hiervl.Model.aggregate))
   av = agg(embed_v(parent["video"].reshape(12, 2, 16, 16, 3)).reshape(3, 4, -1))
   at = agg(embed_t(ntext.reshape(12, 6), nmask.reshape(12, 6)).reshape(3, 4, -1))
   s = embed_t(stext, smask)
@@ -57,12 +58,12 @@ def test_child_and_parent_steps():
           + egonce.egonce_loss(av, s, nouns=None, verbs=None, positives="diagonal")[0])
   np.testing.assert_allclose(loss, want, rtol=1e-5)
   assert float(m["parent_step"]) == 1 and float(m["clip_egonce"]) == 0
-  grads = jax.grad(lambda p: task.loss_fn(p, {}, parent, jax.random.key(2), train=True)[0])(params)
+  grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, {}, parent, jax.random.key(2), train=True)[0]))(params)
   for part in ("aggregator", "video_encoder", "text_encoder"):
     assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads[part]))) > 0, part
   # Only-video-with-summary: the narrations' aggregate leaves the loss.
   only_video = hierarchical.Task(_config(summary_terms=("video_summary",)))
-  loss_v, _ = only_video.loss_fn(params, {}, parent, jax.random.key(1), train=False)
+  loss_v, _ = jax.jit(lambda p, b: only_video.loss_fn(p, {}, b, jax.random.key(1), train=False))(params, parent)
   np.testing.assert_allclose(loss_v, egonce.egonce_loss(av, s, nouns=None, verbs=None, positives="diagonal")[0],
                              rtol=1e-5)
 
