@@ -49,6 +49,20 @@ def test_clip_questions_inter_and_intra_pools():
   assert intra.mean() < 0.6 and inter.mean() > 0.8
 
 
+def test_summary_narration_gap_against_a_loop():
+  rng = np.random.default_rng(0)
+  narration = _unit(rng.normal(size=(6, 3, 5)))
+  real = np.ones((6, 3), bool)
+  real[1, 2] = False
+  summary = _unit(narration[:, :2].mean(1) + 0.1 * rng.normal(size=(6, 5)))
+  gaps = []
+  for i in range(6):
+    mean = lambda j: _unit(narration[j][real[j]].mean(0))
+    gaps.append(summary[i] @ mean(i) - np.mean([summary[i] @ mean(j) for j in range(6) if j != i]))
+  assert np.isclose(mc.summary_narration_gap(summary, narration, real), np.mean(gaps))
+  assert mc.summary_narration_gap(summary, narration, real) > 0.3
+
+
 def test_accuracy_and_standard_error():
   acc, se = mc.accuracy(np.array([1, 0, 1, 1]))
   assert acc == 75.0 and np.isclose(se, 100 * np.sqrt(0.75 * 0.25 / 4))

@@ -92,3 +92,21 @@ def test_frame_probe_sees_the_frame_only_through_absolute_positions(absolute):
   r = frame_probe.frame_probe(config, None, batches=1)
   assert r["checkpoint"] == "initialisation" and r["frames"] == 4 and r["clips"] == 32
   assert (r["frame_probe_accuracy"] > 0.6) if absolute else (r["frame_probe_accuracy"] < 0.4), r
+
+
+def test_tsne_keeps_clusters_apart_and_matches_the_perplexity():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from vlm.tools import tsne  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  centres = rng.normal(0, 5, (3, 10))
+  labels = np.repeat(np.arange(3), 30)
+  x = centres[labels] + rng.normal(0, 1, (90, 10))
+  p = tsne.joint_probabilities(x, 10.0)
+  assert np.isclose(p.sum(), 1.0) and np.allclose(p, p.T)
+  y = tsne.embed(x, perplexity=10.0, steps=300, seed=0)
+  d = ((y[:, None] - y[None]) ** 2).sum(-1)
+  np.fill_diagonal(d, np.inf)
+  assert (labels[d.argmin(1)] == labels).mean() > 0.95  # each point's nearest map neighbour is in its cluster
+  within = np.mean([d[i, labels == labels[i]][np.isfinite(d[i, labels == labels[i]])].mean() for i in range(90)])
+  between = np.mean([d[i, labels != labels[i]].mean() for i in range(90)])
+  assert between > 4 * within

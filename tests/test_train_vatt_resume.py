@@ -44,3 +44,29 @@ def test_vatt_resume_matches_uninterrupted_run(tmp_path):
   assert [after[s] for s in (4, 5, 6)] == [reference[s] for s in (4, 5, 6)]
   # Steps 4-6 are not a replay of steps 1-3: the data moved on.
   assert len({reference[s] for s in range(1, 7)}) == 6
+
+
+def test_hiervl_two_stream_resume_matches_uninterrupted_run(tmp_path):
+  """HierVL's clips and episodes streams (the 5:1 cycle; step 6 is the parent step): a run stopped at step 4 and
+  restarted continues both streams where they were, so steps 5-8 (parent step included) equal the straight run."""
+  def config():
+    c = config_lib.load_config(os.path.join(ROOT, "configs/hiervl/pretrain.py:tiny"))
+    c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 8, 1, 4
+    c.optim.schedule.warmup_steps = 2
+    for entry in c.input.mixture.values():
+      entry.data.options.num_train, entry.data.options.num_test = 64, 16
+    c.input.data.options.num_train, c.input.data.options.num_test = 64, 16
+    c.input.shuffle_buffer = 32
+    with c.unlocked():
+      c.evals = ml_collections.ConfigDict()
+    return c
+
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  trainer.train_and_evaluate(config(), straight)
+  trainer.train_and_evaluate(config(), resumed, stop_after_steps=4)
+  trainer.train_and_evaluate(config(), resumed)
+  ref = metrics_lib.read_jsonl(os.path.join(straight, "metrics.jsonl"))
+  after = metrics_lib.read_jsonl(os.path.join(resumed, "metrics.jsonl"))
+  assert [ref[s]["train/parent_step"] for s in range(1, 9)] == [0, 0, 0, 0, 0, 1, 0, 0]
+  assert [after[s]["train/loss"] for s in range(5, 9)] == [ref[s]["train/loss"] for s in range(5, 9)]
+  assert after[6]["train/summary_loss"] == ref[6]["train/summary_loss"] > 0

@@ -18,7 +18,9 @@ same split) asks the same questions. A question counts as right only when the tr
 every distractor (ties are wrong), so collapsed embeddings score 0, not chance.
 
 Metrics: `<question>_accuracy` (%), `<question>_accuracy_se` (its binomial standard error), `<question>_chance`
-(%), `<question>_questions`.
+(%), `<question>_questions`; with the summary question also `summary_narration_gap`: how much closer (cosine)
+each summary is to the mean of its own episode's narration embeddings than to other episodes' (HierVL
+supplement section 2's t-SNE, as one number: 0 when summaries ignore their children).
 
 Config (`config.evals.<name>`):
   type: 'multiple_choice'.
@@ -69,6 +71,19 @@ def summary_questions(summary: np.ndarray, episode: np.ndarray, num_candidates: 
     others = rng.choice(np.delete(np.arange(e), i), num_candidates - 1, replace=False)
     out[i] = answer(summary[i], episode[np.concatenate([[i], others])])
   return out
+
+
+def summary_narration_gap(summary: np.ndarray, narration: np.ndarray, real: np.ndarray) -> float:
+  """[E, D] summaries, [E, N, D] narrations, [E, N] real mask -> mean_i cos(s_i, m_i) - mean_{j != i} cos(s_i, m_j),
+  m_j the normalised mean of episode j's real narration embeddings."""
+  w = real[..., None].astype(np.float64)
+  mean = (narration * w).sum(1) / np.maximum(w.sum(1), 1.0)
+  mean = mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
+  cos = summary @ mean.T  # [E, E]
+  e = len(cos)
+  own = np.diag(cos)
+  others = (cos.sum(1) - own) / max(e - 1, 1)
+  return float(np.mean(own - others))
 
 
 def clip_questions(narration: np.ndarray, clip: np.ndarray, real: np.ndarray, num_candidates: int,
@@ -169,6 +184,8 @@ class Evaluator:
       metrics[f"{question}_accuracy"], metrics[f"{question}_accuracy_se"] = accuracy(right)
       metrics[f"{question}_chance"] = float(np.mean(100.0 / asked)) if len(asked) else 0.0
       metrics[f"{question}_questions"] = float(len(right))
+    if "summary" in self.questions:
+      metrics["summary_narration_gap"] = summary_narration_gap(out["summary"], out["narration"], real)
     logging.info("multiple_choice: %d episodes in %.1fs at step %d: %s", len(real), time.time() - start, step,
                  {k: round(v, 2) for k, v in metrics.items() if k.endswith("accuracy")})
     return metrics
