@@ -2,9 +2,10 @@
 
 Two kinds of batch, told apart by the rank of `video`, each compiled once by `jax.jit`:
 
-  child   video [B, T, H, W, 3], text / text_mask [B, L] or [B, 1, L] (one narration per clip), optional nouns [B, Nn] and
-          verbs [B, Nv] multi-hot tags: EgoNCE(f_v(video), f_n(text)) (vlm/losses/egonce.py; temperature 0.05,
-          positives = the diagonal plus pairs sharing a noun and a verb; without tags the diagonal only).
+  child   video [B, T, H, W, 3], text / text_mask [B, L] or [B, 1, L] (one narration per clip), optional nouns
+          [B, Nn] and verbs [B, Nv] multi-hot tags: EgoNCE(f_v(video), f_n(text)) (vlm/losses/egonce.py;
+          temperature 0.05, positives = the diagonal plus pairs sharing a noun and a verb; without tags the
+          diagonal only).
   parent  video [E, N, T, H, W, 3] (an episode's N clips: `config.input.group`), text / text_mask [E, N, (1,) L]
           (their narrations), summary / summary_mask [E, L] (or [E, N, (1,) L] as a grouped pp gives it: row 0 is
           taken), optional group_mask [E, N] (padding clips):
