@@ -45,6 +45,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   verbose = logging_setup.verbose_requested()
   logging_setup.setup_console(verbose)
+  from vlm import config_lib  # pylint: disable=g-import-not-at-top
+  config_lib.check_ranges(FLAGS.config)  # value ranges (rates, sizes, steps) before JAX and TensorFlow start
   # Imported here so that flag errors (a misspelt --config.x) fail fast, before the heavy imports.
   import jax  # pylint: disable=g-import-not-at-top
   # Random bits computed shard-by-shard, identical for any mesh: needed for sharded dropout/DropToken keys.
