@@ -11,8 +11,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 # Per notebook: training steps in the suite (default 100, the tiny warm-up length; TubeViT's image test accuracy
 # is still at chance there and clearly above it at 150) and a string its printed output must hold.
-STEPS = {"tubevit_tubes.ipynb": 150}
-EXPECTED_TEXT = {"hiervl_episodes.ipynb": "summary-narration gap", "svitt_sparsity.ipynb": "R@1", "vatt_quickstart.ipynb": "R@1", "tubevit_tubes.ipynb": "top-1"}
+STEPS = {"tubevit_tubes.ipynb": 150, "hiervl_episodes.ipynb": 60}
+EXPECTED_TEXT = {"hiervl_episodes.ipynb": "summary-narration gap", "svitt_sparsity.ipynb": "R@1",
+                 "vatt_quickstart.ipynb": "R@1", "tubevit_tubes.ipynb": "top-1"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[os.path.basename(p) for p in NOTEBOOKS])

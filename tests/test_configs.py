@@ -135,7 +135,7 @@ def _one_device_check(spec: str, workdir: str, bench: bool) -> None:
   report = inspect_lib.inspect(config, with_flops=False)
   assert report["params_total"] > 0
   if bench:
-    timing = bench_lib.bench(config, steps=2, warmup=0)
+    timing = bench_lib.bench(config, steps=5, warmup=0)
     assert timing["step_seconds_median"] > 0, timing
   print("ok", spec, report["params_total"])
 

@@ -53,9 +53,8 @@ def test_hiervl_two_stream_resume_matches_uninterrupted_run(tmp_path):
     c = config_lib.load_config(os.path.join(ROOT, "configs/hiervl/pretrain.py:tiny"))
     c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 8, 1, 4
     c.optim.schedule.warmup_steps = 2
-    for entry in c.input.mixture.values():
-      entry.data.options.num_train, entry.data.options.num_test = 64, 16
-    c.input.data.options.num_train, c.input.data.options.num_test = 64, 16
+    for data in [c.input.data] + [entry.data for entry in c.input.mixture.values()]:
+      data.options.num_train, data.options.num_test, data.options.num_images = 64, 16, 0
     c.input.shuffle_buffer = 32
     with c.unlocked():
       c.evals = ml_collections.ConfigDict()

@@ -55,7 +55,7 @@ def check_batch_size(global_batch_size: int, num_batch_shards: int, process_coun
         f"mesh (the product of its 'data' and 'fsdp' sizes); change {key} or config.mesh.")
   if global_batch_size % process_count:
     raise ValueError(
-        f"Global batch size {global_batch_size} ({key}) is not divisible by the {process_count} processes.")
+        f"Global batch size {global_batch_size} is not divisible by the {process_count} processes ({key}).")
   return global_batch_size // process_count
 
 
