@@ -80,3 +80,18 @@ def test_a_model_without_an_aggregator_is_named():
   config.model = dict(name="tubevit", variant="tiny")
   with pytest.raises(TypeError, match="HierarchicalModel.*lacks: aggregate, embed_text, embed_video"):
     hierarchical.Task(config)
+
+
+def test_parent_step_bench_objective():
+  """`bench --objective=parent` times the parent step: episodes of aggregator_positions clips, same variables."""
+  from vlm import protocols  # pylint: disable=g-import-not-at-top
+  task = hierarchical.Task(_config())
+  assert isinstance(task, protocols.PartialObjectives)
+  parent = task.bench_objectives()["parent"]
+  batch = parent.dummy_batch(2)
+  assert batch["video"].shape == (2, 4, 2, 16, 16, 3) and batch["text"].shape == (2, 4, 6)
+  assert batch["summary"].shape == (2, 6) and batch["group_mask"].shape == (2, 4)
+  params = parent.init_variables(jax.random.key(0), batch)["params"]
+  loss, (m, _) = jax.jit(lambda p, b: parent.loss_fn(p, {}, b, jax.random.key(1), train=False))(
+      flax.core.meta.unbox(params), batch)
+  assert float(m["parent_step"]) == 1 and np.isfinite(float(loss))

@@ -146,6 +146,37 @@ class Task:
     return contrastive.l2_normalize(self.model.apply(variables, clips, mask, method=type(self.model).aggregate))
 
 
+  # ------------------------------------------------------------------------------------------------- tools
+  def bench_objectives(self) -> dict[str, Any]:
+    """`python -m vlm.tools.bench --objective=parent`: the parent step alone (module docstring)."""
+    return {"parent": _ParentStep(self)}
+
+
+class _ParentStep:
+  """The parent step on synthetic episodes, for timing it against the child step (`--baseline=` the same config):
+  `dummy_batch(E)` holds E episodes of N = `aggregator_positions` clips, their narrations and summaries."""
+
+  def __init__(self, task: Task):
+    self.task = task
+    self.model = task.model
+    self.clips = int(task.model.aggregator_positions)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    child = self.task.dummy_batch(batch_size * self.clips)
+    n, l = self.clips, self.task.max_text_len
+    return {"video": child["video"].reshape((batch_size, n) + self.task.clip_shape),
+            "text": child["text"].reshape(batch_size, n, l), "text_mask": child["text_mask"].reshape(batch_size, n, l),
+            "summary": child["text"][:batch_size], "summary_mask": child["text_mask"][:batch_size],
+            "group_mask": np.ones((batch_size, n), np.float32)}
+
+  def init_variables(self, rng: jax.Array, batch: dict[str, Any]) -> dict[str, Any]:
+    del batch  # the model's variables do not depend on the batch kind
+    return self.task.init_variables(rng, self.task.dummy_batch(1))
+
+  def loss_fn(self, *args, **kwargs):
+    return self.task.loss_fn(*args, **kwargs)
+
+
 def _one_text(x: jax.Array, rank: int) -> jax.Array:
   """The batch contract's text [..., K, L] with K = 1 (one narration per clip) -> [..., L]; rank-`rank` input as is."""
   return x[..., 0, :] if x.ndim == rank + 1 else x
