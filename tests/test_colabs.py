@@ -23,7 +23,7 @@ EXPECTED_TEXT = {"hiervl_episodes.ipynb": "summary-narration gap", "svitt_sparsi
 def test_notebook_runs_and_plots(path, monkeypatch):
   name = os.path.basename(path)
   monkeypatch.setenv("VLM_COLAB_STEPS", str(STEPS.get(name, 100)))
-  monkeypatch.setenv("VLM_COLAB_CLIPS", str(CLIPS.get(name, 128)))
+  monkeypatch.setenv("VLM_COLAB_CLIPS", str(CLIPS.get(name, 64)))
   # One real CPU device in the kernel, whatever the test session's fake-device flags.
   monkeypatch.setenv("XLA_FLAGS", "")
   nb = nbformat.read(path, as_version=4)
