@@ -15,8 +15,8 @@ head (vlm/tasks/classification.py; `mixture_names(config)` gives the order).
 Each entry: `weight` (> 0; normalised over the mixture), an optional `name` (default: its key), and any
 config.input field, which overrides the shared one for that dataset (`data` merged key by key; other fields
 such as `group` or `pp` replaced whole; an entry's `batch_size` is the global batch of its steps, e.g. HierVL's
-8 episodes of 4 clips against 32 single clips, each checked against the mesh by the trainer). Each dataset runs through `vlm.data.pipeline.make_train_iterator` (its
-own shuffle, augmentation seeds and resumable position); the mixture's state is
+8 episodes of 4 clips against 32 single clips, each checked against the mesh by the trainer). Each dataset runs
+through `vlm.data.pipeline.make_train_iterator` (its own shuffle, augmentation seeds and resumable position); the mixture's state is
 {'step', 'datasets': {name: that iterator's state}}. Callers build it through `vlm.data.inputs`.
 
 Schedule (`config.input.mixture_schedule`): 'weighted' (default) draws each batch's dataset at random by weight
