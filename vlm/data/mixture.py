@@ -16,8 +16,8 @@ Each entry: `weight` (> 0; normalised over the mixture), an optional `name` (def
 config.input field, which overrides the shared one for that dataset (`data` merged key by key; other fields
 such as `group` or `pp` replaced whole; an entry's `batch_size` is the global batch of its steps, e.g. HierVL's
 8 episodes of 4 clips against 32 single clips, each checked against the mesh by the trainer). Each dataset runs
-through `vlm.data.pipeline.make_train_iterator` (its own shuffle, augmentation seeds and resumable position); the mixture's state is
-{'step', 'datasets': {name: that iterator's state}}. Callers build it through `vlm.data.inputs`.
+through `vlm.data.pipeline.make_train_iterator` (its own shuffle, augmentation seeds and resumable position);
+the mixture's state is {'step', 'datasets': {name: that iterator's state}}. Callers build it through `vlm.data.inputs`.
 
 Schedule (`config.input.mixture_schedule`): 'weighted' (default) draws each batch's dataset at random by weight
 as above; 'cycle' repeats a fixed pattern in which each dataset takes `weight` consecutive batches, in mixture
