@@ -99,7 +99,7 @@ def clip_questions(narration: np.ndarray, clip: np.ndarray, real: np.ndarray, nu
   for i in range(e):
     for k in np.flatnonzero(real[i]):
       if intra:
-        others = np.delete(np.flatnonzero(real[i]), np.flatnonzero(np.flatnonzero(real[i]) == k))
+        others = np.flatnonzero(real[i] & (np.arange(real.shape[1]) != k))  # its episode's other real clips
         if not len(others):
           continue
         picked = rng.choice(others, min(num_candidates - 1, len(others)), replace=False)
