@@ -109,7 +109,7 @@ def test_every_config_file_has_one_tiny_block_and_no_tiny_ternaries():
     ("optim.lr=0.0", r"config.optim.lr=0.0: expected a learning rate > 0"),
     ("optim.lr=nan", r"config.optim.lr=nan: expected a learning rate > 0"),
     ("optim.schedule.warmup_steps=-1", r"config.optim.schedule.warmup_steps=-1: expected a step count >= 0"),
-    ("total_steps=0", r"config.total_steps=0: expected a step count >= 1"),
+    ("total_steps=-1", r"config.total_steps=-1: expected a step count >= 0 \(0: evaluation only"),
     ("input.batch_size=0", r"config.input.batch_size=0: expected a batch size >= 1"),
     ("input.num_frames=0", r"config.input.num_frames=0: expected a count >= 1"),
     ("model.droptoken_rate=1.0", r"config.model.droptoken_rate=1.0: expected a drop rate in \[0, 1\)"),

@@ -303,6 +303,7 @@ def test_deterministic_and_atomic(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("extra,digest,directory", [
     ({}, "b212da442a5ce6bc", "v2-c34fa4cbac8b"),
     ({"colour_change": 0.5}, "0a79549dff804a82", "v2-739d0b12803d"),
+    ({"routines": 5}, "866c8ef8e4b04d13", "v2-280e1d847ce4"),
 ])
 def test_texts_are_pinned_with_their_cache_directory(tmp_path, extra, digest, directory):
   # The texts are a function of the random stream alone (exact on every CPU; the same under FORMAT_VERSION 1 and
@@ -372,3 +373,27 @@ def test_colour_change_is_a_temporal_order_signal(tmp_path):
   with pytest.raises(ValueError, match="colour_change"):
     builtin.ensure_builtin(str(tmp_path), **dict(opts, colour_change=1.5))
 
+
+
+def test_routines_fix_each_episodes_directions_by_colour(tmp_path):
+  opts = dict(num_train=60, num_test=30, num_images=0, num_frames=8, size=32, sample_rate=2000, num_shards=1,
+              episode_len=6, routines=5)
+  ds = builtin.ensure_builtin(str(tmp_path), **opts)
+  table = builtin.routine_table(0, 5, 6)
+  assert table.shape == (len(builtin.COLOURS), 6) and len({tuple(r) for r in table}) > 1
+  steps = {(0, -1): 0, (0, 1): 1, (-1, 0): 2, (1, 0): 3}  # (sign dy, sign dx) -> left, right, up, down
+  moved, seen = [], 0
+  for split in ("train", "test"):  # one routine table for every split
+    for ex in _parse_all(ds.files[split]):
+      colour = builtin.COLOURS.index(ex[builtin.EPISODE_NARRATION].split()[1])
+      i = int(ex[builtin.EPISODE_INDEX])
+      assert _direction(ex) == table[colour, i], (split, ex[builtin.EPISODE_NARRATION], i)
+      seen += 1
+      if ex[builtin.EVENT_START] == 0 and ex[builtin.EVENT_END] == 8:  # the frames move that way too
+        fg = _foreground(ex["frames"]).astype(np.float32)
+        dy, dx = _shift(fg[0], fg[-1])
+        moved.append(steps.get((int(np.sign(dy)), 0) if abs(dy) > abs(dx) else (0, int(np.sign(dx))), -1)
+                     == table[colour, i])
+  assert seen == 90 and np.mean(moved) > 0.9
+  with pytest.raises(ValueError, match="routines"):
+    builtin.ensure_builtin(str(tmp_path), **dict(opts, routines=6))

@@ -107,3 +107,64 @@ def test_shuffle_drop_standard_error_matches_the_discordant_pair_formula():
   assert frame_shuffle.paired_drop(plain, plain) == (0.0, 0.0)  # a model blind to order: no drop, no spread
   with pytest.raises(ValueError, match="same examples"):
     frame_shuffle.paired_drop(plain, shuffled[:10])
+
+
+# ------------------------------------------------------------------ graded relevance (EPIC-KITCHENS-100 MIR)
+
+
+def test_tag_relevance_is_the_mean_of_verb_and_noun_iou():
+  nouns = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 1]])
+  verbs = np.array([[1, 0], [1, 0], [0, 1]])
+  rel = metrics.tag_relevance(nouns, verbs, nouns, verbs)
+  # (0, 1): verbs equal (IoU 1), nouns {0} vs {0, 1} (IoU 1/2) -> 3/4; (0, 2): nothing shared -> 0.
+  np.testing.assert_allclose(rel, [[1, 0.75, 0], [0.75, 1, 0], [0, 0, 1]])
+  assert metrics.tag_relevance(np.zeros((1, 3)), np.zeros((1, 2)), nouns, verbs).max() == 0  # empty union: 0
+
+
+def test_relevance_map_and_ndcg_hand_computed():
+  # One query: the first-ranked item is irrelevant, the second fully relevant, the third half relevant.
+  sim, rel = np.array([[0.9, 0.8, 0.1]]), np.array([[0.0, 1.0, 0.5]])
+  m = metrics.relevance_metrics(sim, rel)
+  assert m["mAP"] == pytest.approx(50.0)  # one relevant item, at rank 2
+  # k = 2 relevant items: DCG = 0 / log2(2) + 1 / log2(3); ideal = 1 / log2(2) + 0.5 / log2(3).
+  assert m["nDCG"] == pytest.approx(100 * (1 / np.log2(3)) / (1 + 0.5 / np.log2(3)))
+  perfect = metrics.relevance_metrics(np.array([[0.1, 0.9, 0.5]]), rel)
+  assert perfect == pytest.approx({"mAP": 100.0, "nDCG": 100.0})
+  # Ties are pessimistic: an equal score puts the irrelevant item first.
+  tie = metrics.relevance_metrics(np.array([[0.5, 0.5]]), np.array([[1.0, 0.0]]))
+  assert tie == pytest.approx({"mAP": 50.0, "nDCG": 0.0})
+
+
+def _reference_map(sim, rel):
+  """EPIC's formula by argsort (no ties in the inputs): sum_k p(k) rel(k) / #relevant, rel(k) = [rel == 1]."""
+  out = []
+  for s, r in zip(sim, rel):
+    r = r[np.argsort(-s)] == 1
+    if r.any():
+      out.append(np.sum(np.cumsum(r)[r] / (np.flatnonzero(r) + 1)) / r.sum())
+  return 100 * np.mean(out)
+
+
+def _reference_ndcg(sim, rel):
+  out = []
+  for s, r in zip(sim, rel):
+    k = int((r > 0).sum())
+    if k:
+      disc = np.log2(np.arange(k) + 2)
+      out.append(np.sum(r[np.argsort(-s)][:k] / disc) / np.sum(np.sort(r)[::-1][:k] / disc))
+  return 100 * np.mean(out)
+
+
+def test_relevance_metrics_match_sorted_references_on_random_rankings():
+  rng = np.random.default_rng(3)
+  nouns = np.eye(4)[rng.integers(0, 4, 40)]
+  verbs = np.eye(3)[rng.integers(0, 3, 40)]
+  rel = metrics.tag_relevance(nouns, verbs, nouns, verbs)
+  sim = rng.normal(size=(40, 40)) + 2 * rel  # informative but imperfect
+  m = metrics.relevance_metrics(sim, rel)
+  assert m["mAP"] == pytest.approx(_reference_map(sim, rel))
+  assert m["nDCG"] == pytest.approx(_reference_ndcg(sim, rel))
+  blind = metrics.relevance_metrics(np.zeros_like(sim), rel)
+  assert blind["mAP"] < m["mAP"] and blind["nDCG"] < m["nDCG"]
+  with pytest.raises(ValueError, match="one shape"):
+    metrics.relevance_metrics(sim, rel[:3])

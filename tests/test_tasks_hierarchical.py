@@ -57,7 +57,7 @@ def test_child_and_parent_steps():
   want = (egonce.egonce_loss(at, s, nouns=None, verbs=None, positives="diagonal")[0]
           + egonce.egonce_loss(av, s, nouns=None, verbs=None, positives="diagonal")[0])
   np.testing.assert_allclose(loss, want, rtol=1e-5)
-  assert float(m["parent_step"]) == 1 and float(m["clip_egonce"]) == 0
+  assert float(m["parent_step"]) == 1 and float(m["clip_loss"]) == 0
   grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, {}, parent, jax.random.key(2), train=True)[0]))(params)
   for part in ("aggregator", "video_encoder", "text_encoder"):
     assert float(sum(jnp.abs(g).sum() for g in jax.tree.leaves(grads[part]))) > 0, part

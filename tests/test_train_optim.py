@@ -112,3 +112,25 @@ def test_grad_clip_and_unknown_keys():
     optim.make_optimizer(dict(name="sgd", lr=1.0, weightdecay=0.1), params, 10)
   with pytest.raises(ValueError, match="lamb"):
     optim.make_optimizer(dict(name="lamb", lr=1.0), params, 10)
+
+
+def test_step_schedule_drops_to_the_floor_after_the_decay_steps():
+  # EPIC-KITCHENS MIR fine-tuning: 3e-5 for the first 100 "epochs" (here steps), 1e-6 after.
+  s = optim.make_schedule(3e-5, dict(kind="step", decay_steps=100, end_lr=1e-6), total_steps=200)
+  np.testing.assert_allclose(_lr(s, [0, 50, 99, 100, 150, 199]), [3e-5] * 3 + [1e-6] * 3, rtol=1e-6)
+
+
+def test_lr_scale_equals_a_lower_rate_for_its_group_inside_frozen():
+  params = _params()
+  rng = np.random.default_rng(0)
+  grads = jax.tree_util.tree_map(lambda p: jnp.asarray(rng.normal(size=p.shape), p.dtype), params)
+  scaled, _ = optim.make_optimizer(dict(name="adamw", lr=0.1, weight_decay=0.1, frozen=["embed/.*"],
+                                        lr_scale=[("head/.*", 0.25)]), params, 10)
+  plain, _ = optim.make_optimizer(dict(name="adamw", lr=0.1, weight_decay=0.1, frozen=["embed/.*"]), params, 10)
+  low, _ = optim.make_optimizer(dict(name="adamw", lr=0.025, weight_decay=0.1, frozen=["embed/.*"]), params, 10)
+  a, b, c = (_step(tx, params, grads) for tx in (scaled, plain, low))
+  np.testing.assert_allclose(a["head"]["kernel"], c["head"]["kernel"], rtol=1e-6)  # the group at 0.25 lr
+  np.testing.assert_allclose(a["enc"]["dense"]["kernel"], b["enc"]["dense"]["kernel"], rtol=1e-6)  # the rest not
+  np.testing.assert_allclose(a["embed"]["embedding"], params["embed"]["embedding"])  # frozen stays frozen
+  with pytest.raises(ValueError, match="lr_scale"):
+    optim.make_optimizer(dict(name="adam", lr=0.1, lr_scale=[("head/.*",)]), params, 10)

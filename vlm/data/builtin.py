@@ -38,6 +38,11 @@ What a clip holds (default 32 frames at 10 fps = 3.2 s, 64x64, 48 kHz mono audio
   a signal of frame order simpler than the sign of the motion (SViTT table A8's probe needs one). The tremolo of
   its sound switches with the colour. Event clips never change colour; later clips of the episode keep the
   second colour.
+* Routines (option `routines` = R, 0 by default, and then the data is exactly that drawn before the option
+  existed): every episode follows the routine of its object's colour (routine `colour % R`), a fixed sequence of
+  directions, one per clip, drawn once from the seed and shared by all splits; speeds, positions and everything
+  else stay random. An episode's later clips then follow from its first ones: a future that can be anticipated
+  (Ego4D long-term anticipation: configs/hiervl/ego4d_lta.py).
 * Events (`event/start_frame`, `event/end_frame`): in a quarter of the clips the big object is visible only in
   frames [start, end) (its sound too); the captions describe it, so only those frames match the text. For the
   TW-BERT frame selector (and a check that selection picks frames inside the event). Otherwise [0, F).
@@ -96,7 +101,7 @@ _STREAM_VERSION = 1
 # Generator version of each option's data, hashed into the cache directory while the option is on (version 2 of
 # colour_change: one "what colour does it turn" question per changing clip; version 1 asked "at the start" / "at
 # the end").
-OPTION_VERSIONS = {"colour_change": 2}
+OPTION_VERSIONS = {"colour_change": 2, "routines": 1}
 DEFAULT_JPEG_QUALITY = 90
 
 SHAPES = ("circle", "square", "triangle")
@@ -551,18 +556,28 @@ def _background(rng) -> np.ndarray:
   return (rng.uniform(25, 75) + rng.uniform(-8, 8, 3)).astype(np.float32)
 
 
+def routine_table(seed: int, routines: int, episode_len: int) -> np.ndarray:
+  """[len(COLOURS), episode_len] directions of the `routines` option: colour c follows routine c % routines, the
+  routines drawn from their own stream of `seed` (so the clips' random stream is untouched)."""
+  table = np.random.default_rng([seed, 1_000 + routines]).integers(len(DIRECTIONS), size=(routines, episode_len))
+  return table[np.arange(len(COLOURS)) % routines]
+
+
 def _clip_records(rng, split_index: int, episode: int, length: int, first_clip: int, *, num_frames: int,
                   fps: float, size: int, sample_rate: int, jpeg_quality: int, seed: int = 0,
-                  colour_change: float = 0.0) -> list[bytes]:
-  """Serialized records of one episode of `length` consecutive clips."""
+                  colour_change: float = 0.0, routine: Sequence[int] | None = None) -> list[bytes]:
+  """Serialized records of one episode of `length` consecutive clips (`routine`: {colour: directions} of the
+  `routines` option, or None)."""
   from vlm.data import media, records  # pylint: disable=g-import-not-at-top
 
   main = _sample_object(rng, size, big=True)
   xy = None
   clips = []
-  for _ in range(length):
+  for i in range(length):
     clip = dict(main)
     _sample_motion(rng, clip, size, fps, xy)
+    if routine is not None:  # after the draws, so the random stream is the one without the option
+      clip["direction"] = int(routine[main["colour"]][i])
     # The next clip starts where this one would be one frame after its end: a continuous trajectory.
     xy = np.array(_trajectory(clip, np.array([num_frames], np.float32), size), np.float32)[:, 0]
     second = None
@@ -751,7 +766,7 @@ def _load(root: str) -> BuiltinDataset:
 
 def generate(directory: str, *, num_train: int, num_test: int, num_images: int, num_frames: int, fps: float,
              size: int, sample_rate: int, episode_len: int, num_shards: int, seed: int,
-             colour_change: float = 0.0) -> dict[str, Any]:
+             colour_change: float = 0.0, routines: int = 0) -> dict[str, Any]:
   """Writes the dataset into `directory` (which must exist and be empty); returns the info dict."""
   from vlm.data import records  # pylint: disable=g-import-not-at-top,unused-import
   # TensorFlow is imported above (seconds, once per process), outside the reported generation time.
@@ -759,6 +774,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
   counts = {"train": num_train, "test": num_test, "train_images": num_images,
             "test_images": max(1, num_images // 4) if num_images else 0}
   files, stats = {}, {}
+  routine = routine_table(seed, routines, episode_len) if routines else None
   for split_index, split in enumerate(SPLITS):
     ts = time.time()
     # One independent random stream per split: the splits never share a clip.
@@ -778,7 +794,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
         length = min(episode_len, total - done)
         writer.write_group(_clip_records(rng, split_index, episode, length, done, num_frames=num_frames, fps=fps,
                                          size=size, sample_rate=sample_rate, jpeg_quality=DEFAULT_JPEG_QUALITY,
-                                         seed=seed, colour_change=colour_change))
+                                         seed=seed, colour_change=colour_change, routine=routine))
         done += length
         episode += 1
         if total >= 256 and done >= next_report * total:
@@ -798,6 +814,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
       "attribute_names": ATTRIBUTE_NAMES,
       "answer_names": ANSWER_NAMES,
       "question_kinds": list(QUESTION_KINDS),
+      "routines": routine.tolist() if routine is not None else None,
       "stats": stats,
       "seconds": round(time.time() - t0, 3),
       "bytes": sum(s["bytes"] for s in stats.values()),
@@ -807,7 +824,7 @@ def generate(directory: str, *, num_train: int, num_test: int, num_images: int, 
 def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_test: int = 512,
                    num_images: int = 1024, num_frames: int = 32, fps: float = 10.0, size: int = 64,
                    sample_rate: int = 48000, episode_len: int = 4, num_shards: int = 8,
-                   seed: int = 0, colour_change: float = 0.0) -> BuiltinDataset:
+                   seed: int = 0, colour_change: float = 0.0, routines: int = 0) -> BuiltinDataset:
   """Returns the built-in dataset for these options, generating it first if it is not cached.
 
   Args:
@@ -823,6 +840,8 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
     seed: the random seed.
     colour_change: the fraction of clips whose big object changes colour (see the module docstring); 0 leaves
       the data (and its cache directory) as it was before the option existed.
+    routines: R > 0: every episode's directions follow its colour's routine (module docstring); 0 leaves the data
+      (and its cache directory) as it was.
 
   Returns:
     The `BuiltinDataset`.
@@ -833,11 +852,16 @@ def ensure_builtin(data_dir: str | None = None, *, num_train: int = 2048, num_te
     raise ValueError("num_frames, fps, episode_len and num_shards must be positive and sample_rate >= 1000.")
   if not 0.0 <= colour_change <= 1.0:
     raise ValueError(f"colour_change is a fraction of clips in [0, 1], got {colour_change}.")
+  if not 0 <= int(routines) <= len(COLOURS):
+    raise ValueError(f"routines is a number of routines in [0, {len(COLOURS)}] (one per colour at most), got "
+                     f"{routines}.")
   opts = _options(num_train=int(num_train), num_test=int(num_test), num_images=int(num_images),
                   num_frames=int(num_frames), fps=float(fps), size=int(size), sample_rate=int(sample_rate),
                   episode_len=int(episode_len), num_shards=int(num_shards), seed=int(seed))
   if colour_change:  # Named only when on, so that the default datasets keep their cache directories.
     opts["colour_change"] = float(colour_change)
+  if routines:
+    opts["routines"] = int(routines)
   opts.update({f"{name}_version": version for name, version in OPTION_VERSIONS.items() if name in opts})
   root = cache_dir(data_dir, opts)
   if os.path.exists(os.path.join(root, "dataset_info.json")):

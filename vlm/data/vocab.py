@@ -290,6 +290,16 @@ def make_tokenizer(spec: Mapping[str, Any] | Tokenizer, *, default_vocab_file: s
   raise ValueError(f"tokenizer.kind must be 'words' or 'wordpiece', got {kind!r}.")
 
 
+def tokenize_texts(texts: Sequence[str], tokenizer: Tokenizer, length: int) -> tuple[np.ndarray, np.ndarray]:
+  """[C] strings -> ids [C, length] and mask, each `[CLS] text [SEP]` clipped or padded as the `tokenize` pp op
+  writes a caption (for texts an evaluator embeds itself: answer lists, class-name prompts)."""
+  ids = np.zeros((len(texts), length), np.int32)
+  for i, text in enumerate(texts):
+    row = tokenizer.to_int(text, bos=True, eos=True)[:length]
+    ids[i, :len(row)] = row
+  return ids, (ids > 0).astype(np.int32)
+
+
 def pad_or_clip(ids: tf.RaggedTensor, max_len: int, pad_id: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
   """Ragged ids [..., (n)] -> (ids int32 [..., max_len], mask int32 [..., max_len]); clipped or padded."""
   if not isinstance(ids, tf.RaggedTensor):

@@ -72,16 +72,6 @@ def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.Conf
   return list(answers), source.meta.get("vocab_file"), {k: list(v) for k, v in groups.items()}, list(kinds)
 
 
-def tokenize_answers(answers: Sequence[str], tokenizer: vocab_lib.Tokenizer, length: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """[C] strings -> ids [C, length] and mask ([CLS] answer [SEP], clipped or padded), as the training pp does."""
-  ids = np.zeros((len(answers), length), np.int32)
-  for i, a in enumerate(answers):
-    row = tokenizer.to_int(a, bos=True, eos=True)[:length]
-    ids[i, :len(row)] = row
-  return ids, (ids > 0).astype(np.int32)
-
-
 def accuracies(scores: np.ndarray, gt: np.ndarray, answers: Sequence[str], groups: dict[str, Sequence[str]],
                kinds: np.ndarray | None = None, kind_names: Sequence[str] = ()) -> dict[str, float]:
   """Percent of questions whose best-scoring candidate (scores [Q, C]) is the true one (gt [Q]): overall as
@@ -125,7 +115,7 @@ class Evaluator:
     spec = dict(config.input.get("tokenizer") or {"kind": "words"})
     tokenizer = vocab_lib.make_tokenizer(spec, default_vocab_file=vocab_file)
     length = int(config.input.get("max_answer_len", 5))
-    self.candidates, self.candidate_mask = tokenize_answers(self.answers, tokenizer, length)
+    self.candidates, self.candidate_mask = vocab_lib.tokenize_texts(self.answers, tokenizer, length)
     self._scores = jax.jit(self.task.answer_scores)
 
   def _collect(self, variables, shuffle: bool) -> dict[str, np.ndarray]:

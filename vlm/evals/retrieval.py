@@ -16,6 +16,13 @@ of every clip in a random order of its own (a seeded stream; never the identity)
 frame order; `<recall>_shuffle_drop_se` is each drop's paired standard error over the queries (`frame_shuffle.paired_drop`;
 a query's R_mean score is the mean of its three hits).
 
+Graded relevance (`relevance='noun_verb'`; EPIC-KITCHENS-100 multi-instance retrieval): every test clip carries
+multi-hot `nouns` and `verbs` (its narration's classes) and the relevance of a caption to a clip is the mean of the
+IoU of their verb sets and of their noun sets (`metrics.tag_relevance`), so many clips answer one caption. The
+distinct captions are the queries (the benchmark ranks each sentence once) and every clip the gallery, and back:
+`t2v_mAP` / `v2t_mAP` (binary relevance: relevance 1), `t2v_nDCG` / `v2t_nDCG` (graded), `mAP` and `nDCG` their
+means, `chance_mAP` / `chance_nDCG` the same for random scores (seeded), `num_queries` the distinct captions.
+
 Config (`config.evals.<name>`):
   type: 'retrieval'.
   every_steps: run every N training steps (and at the end of training, and in `--mode=eval`).
@@ -25,6 +32,8 @@ Config (`config.evals.<name>`):
   rerank_k [0]: re-rank the top k with the task's `match_scores` (0: similarity only).
   rerank_batch [256]: pairs per matcher call.
   shuffle_frames [False]; shuffle_seed [0].
+  relevance [None | 'noun_verb']: add the graded-relevance metrics above (batches then also carry `nouns` [B, Cn]
+    and `verbs` [B, Cv]).
   max_examples: optional cap on the number of test pairs (0 = all).
 
 Ties are broken pessimistically (a distractor with the same score ranks above the target), so a model whose
@@ -81,6 +90,9 @@ class Evaluator:
     self.task = task
     self.mesh = mesh
     self.rerank_k = int(eval_cfg.get("rerank_k", 0) or 0)
+    self.relevance = eval_cfg.get("relevance", None) or None
+    if self.relevance not in (None, "noun_verb"):
+      raise ValueError(f"evals retrieval relevance={self.relevance!r}: expected None or 'noun_verb'.")
     protocols.require(task, protocols.DualEncoder, "evals type 'retrieval'")
     if self.rerank_k:
       protocols.require(task, protocols.CrossEncoder, f"evals type 'retrieval' with rerank_k={self.rerank_k} "
@@ -120,7 +132,7 @@ class Evaluator:
       return self._embed(variables, g["video"], g["text"], g["text_mask"], jnp.asarray(perm))
 
     return common.collect(self.config, self.eval_cfg.input, self.mesh, fn, keys=("video", "text", "text_mask"),
-                          max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
+                          keep=("nouns", "verbs") if self.relevance else (), max_examples=int(self.eval_cfg.get("max_examples", 0) or 0))
 
   def _score_pairs(self, variables, out):
     chunk = int(self.eval_cfg.get("rerank_batch", 256) or 256)
@@ -172,11 +184,38 @@ class Evaluator:
         hits["R_mean"] = tuple(np.mean([h[i] for h in hits.values()], axis=0) for i in (0, 1))
         for name, (plain, shuffled_hits) in hits.items():
           _, metrics[f"{prefix}{name}_shuffle_drop_se"] = frame_shuffle.paired_drop(plain, shuffled_hits)
+    if self.relevance:
+      metrics.update(relevance_metrics(out))
     metrics["num_pairs"] = float(n)
     metrics["chance_R@1"] = 100.0 / max(n, 1)
     logging.info("retrieval: %d pairs in %.1fs at step %d: %s", n, time.time() - start, step,
                  {k: round(v, 2) for k, v in metrics.items() if "shuffle" not in k})
     return metrics
+
+
+def relevance_metrics(out: dict[str, np.ndarray]) -> dict[str, float]:
+  """The graded-relevance metrics of the module docstring from the collected embeddings, ids and tags."""
+  missing = [k for k in ("nouns", "verbs") if k not in out]
+  if missing:
+    raise KeyError(f"evals retrieval relevance='noun_verb': the eval batches lack {missing} (multi-hot noun / verb "
+                   "classes of each clip): add them to the evaluator's pp.")
+  _, first = np.unique(out["text_ids"], axis=0, return_index=True)
+  q = np.sort(first)  # one query per distinct caption, in test order
+  rel = metrics_lib.tag_relevance(out["nouns"][q], out["verbs"][q], out["nouns"], out["verbs"])  # [Q, N]
+  sim = out["text"][q] @ out["video"].T
+  blind = np.random.default_rng(0).random(sim.shape)
+  m = {}
+  for name, scores in (("", sim), ("chance_", blind)):
+    t2v = metrics_lib.relevance_metrics(scores, rel, prefix="t2v_")
+    v2t = metrics_lib.relevance_metrics(scores.T, rel.T, prefix="v2t_")
+    for metric in ("mAP", "nDCG"):
+      mean = (t2v[f"t2v_{metric}"] + v2t[f"v2t_{metric}"]) / 2
+      if name:
+        m[f"chance_{metric}"] = mean
+      else:
+        m.update({f"t2v_{metric}": t2v[f"t2v_{metric}"], f"v2t_{metric}": v2t[f"v2t_{metric}"], metric: mean})
+  m["num_queries"] = float(len(q))
+  return m
 
 
 def _first_caption(x: jax.Array) -> jax.Array:

@@ -230,14 +230,16 @@ def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, mod
     time_resize ['zeros']: how a temporal table of another frame count is resized ('zeros' | 'nearest' |
       'linear', Frozen-in-Time's options);
     text_distilbert: an HF `DistilBertModel` .safetensors (config.json beside it) for f_n.
-  Under a classification task (`model.backbone` a `VideoBackbone`) the video options fill `backbone/video_encoder`.
+  Under a task that wraps the model (classification's `backbone/`, anticipation's `model/`) the options fill the
+  wrapped encoders.
   A checkpoint (`config.init.path`) loads as it is, its temporal table resized the same way when its frame count
   differs. Anything that does not fit is an error naming the parameter.
   """
   options = {k: v for k, v in dict(init.get("options") or {}).items() if v is not None}
   method = str(options.get("time_resize", "zeros"))
-  prefix = "backbone/" if "backbone/video_encoder/cls" in params else ""
-  frames = int(np.shape(params[prefix + "video_encoder/time_embedding"])[1])
+  table = next(p for p in params if p.endswith("video_encoder/time_embedding"))
+  prefix = table[:-len("video_encoder/time_embedding")]  # '', 'backbone/' or 'model/'
+  frames = int(np.shape(params[table])[1])
   def heads(path: str) -> int | None:  # HF configs: num_attention_heads (TimeSformer), n_heads (DistilBERT)
     hf = hf_weights.hf_config(path)
     return None if hf is None else int(hf.get("num_attention_heads", hf.get("n_heads")))
@@ -258,12 +260,12 @@ def load(params: dict[str, Any], restored: dict[str, Any] | None, init: Any, mod
       raise ValueError(f"config.init.options.video_timesformer={path!r}: no config.json beside the weights.")
     put(timesformer.from_hf_timesformer(hf_weights.read_weights(path), heads(path)), prefix + "video_encoder")
   if options.get("text_distilbert"):
-    if prefix:
+    if not any(p.startswith(prefix + "text_encoder/") for p in params):
       raise ValueError("config.init.options.text_distilbert: the HierVL video backbone has no text encoder.")
     path = options["text_distilbert"]
     if heads(path) is None:
       raise ValueError(f"config.init.options.text_distilbert={path!r}: no config.json beside the weights.")
-    put(bert.from_hf_distilbert(hf_weights.read_weights(path), heads(path)), "text_encoder")
+    put(bert.from_hf_distilbert(hf_weights.read_weights(path), heads(path)), prefix + "text_encoder")
   source = dict(restored or {})
   source.update(loaded)
   out, problems = {}, []

@@ -5,7 +5,9 @@ Two kinds of batch, told apart by the rank of `video`, each compiled once by `ja
   child   video [B, T, H, W, 3], text / text_mask [B, L] or [B, 1, L] (one narration per clip), optional nouns
           [B, Nn] and verbs [B, Nv] multi-hot tags: EgoNCE(f_v(video), f_n(text)) (vlm/losses/egonce.py;
           temperature 0.05, positives = the diagonal plus pairs sharing a noun and a verb; without tags the
-          diagonal only).
+          diagonal only); or, with `clip_loss='max_margin'` (EPIC-KITCHENS MIR fine-tuning), the adaptive
+          max-margin ranking loss (vlm/losses/ranking.py) with each pair's margin scaled by the optional batch
+          key `relevance` [B] (default 1).
   parent  video [E, N, T, H, W, 3] (an episode's N clips: `config.input.group`), text / text_mask [E, N, (1,) L]
           (their narrations), summary / summary_mask [E, L] (or [E, N, (1,) L] as a grouped pp gives it: row 0 is
           taken), optional group_mask [E, N] (padding clips):
@@ -16,7 +18,8 @@ Both kinds report the same metric names (a term a batch kind does not compute re
 which kind it was), so one metrics stream averages over a run that interleaves them.
 
 config.task (`Objective`; its fields are the defaults):
-  name 'hierarchical'; temperature [0.05]; positives ['noun_and_verb' | 'noun' | 'verb' | 'diagonal'];
+  name 'hierarchical'; clip_loss ['egonce' | 'max_margin']; temperature [0.05]; positives ['noun_and_verb' |
+  'noun' | 'verb' | 'diagonal']; margin [0.4] (max_margin);
   summary_terms [('text_summary', 'video_summary'): HierVL; ('video_summary',): only-video-with-summary;
   ('text_video',): the no-summary SA baseline]; summary_weight [1.0] (scales the parent loss).
 config.model: a `protocols.HierarchicalModel` (embed_video, embed_text, aggregate; vlm/models/hiervl.py).
@@ -36,15 +39,19 @@ from vlm import registry
 from vlm import tasks as tasks_lib
 from vlm.losses import egonce
 from vlm.losses import contrastive
+from vlm.losses import ranking
 
-METRICS = ("loss", "clip_egonce", "clip_top1", "summary_loss", "parent_step", "clip_diagonal_only")
+METRICS = ("loss", "clip_loss", "clip_top1", "summary_loss", "parent_step", "clip_diagonal_only")
+CLIP_LOSSES = ("egonce", "max_margin")
 
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """config.task of hierarchical contrastive learning (module docstring)."""
+  clip_loss: str = "egonce"
   temperature: float = 0.05
   positives: str = "noun_and_verb"
+  margin: float = 0.4
   summary_terms: tuple[str, ...] = ("text_summary", "video_summary")
   summary_weight: float = 1.0
 
@@ -58,6 +65,8 @@ class Objective:
     if bad or not objective.summary_terms:
       raise ValueError(f"config.task.summary_terms={objective.summary_terms!r}: expected names from "
                        f"{egonce.SUMMARY_TERMS}.")
+    if objective.clip_loss not in CLIP_LOSSES:
+      raise ValueError(f"config.task.clip_loss={objective.clip_loss!r}: expected one of {CLIP_LOSSES}.")
     if not objective.temperature > 0:
       raise ValueError(f"config.task.temperature={objective.temperature}: expected > 0.")
     return objective
@@ -97,11 +106,16 @@ class Task:
     if batch["video"].ndim == 5:  # child step
       v = apply(type(self.model).embed_video, batch["video"])
       t = apply(type(self.model).embed_text, _one_text(batch["text"], 2), _one_text(batch["text_mask"], 2))
-      nouns, verbs = batch.get("nouns"), batch.get("verbs")
-      positives = o.positives if (nouns is not None or verbs is not None) else "diagonal"
-      loss, ex = egonce.egonce_loss(v, t, nouns=nouns, verbs=verbs, temperature=o.temperature,
-                                    positives=positives)
-      metrics = {"loss": loss, "clip_egonce": loss, "clip_top1": ex["top1"], "summary_loss": zero,
+      if o.clip_loss == "max_margin":
+        sim = contrastive.l2_normalize(t) @ contrastive.l2_normalize(v).T  # [texts, videos], as released
+        loss, ex = ranking.max_margin_ranking_loss(sim, batch.get("relevance"), margin=o.margin)
+        ex["num_diagonal_only"] = zero
+      else:
+        nouns, verbs = batch.get("nouns"), batch.get("verbs")
+        positives = o.positives if (nouns is not None or verbs is not None) else "diagonal"
+        loss, ex = egonce.egonce_loss(v, t, nouns=nouns, verbs=verbs, temperature=o.temperature,
+                                      positives=positives)
+      metrics = {"loss": loss, "clip_loss": loss, "clip_top1": ex["top1"], "summary_loss": zero,
                  "parent_step": zero, "clip_diagonal_only": ex["num_diagonal_only"]}
       return loss, (metrics, model_state)
     e, n = batch["video"].shape[:2]  # parent step: E episodes of N clips
@@ -123,7 +137,7 @@ class Task:
                                    terms=o.summary_terms,
                                    summary_mask=jnp.any(summary_mask > 0, -1) if summary is not None else None)
     loss = o.summary_weight * loss
-    metrics = {"loss": loss, "clip_egonce": zero, "clip_top1": zero, "summary_loss": loss,
+    metrics = {"loss": loss, "clip_loss": zero, "clip_top1": zero, "summary_loss": loss,
                "parent_step": jnp.ones((), jnp.float32), "clip_diagonal_only": zero}
     return loss, (metrics, model_state)
 

@@ -9,6 +9,7 @@
       wd_mask=None,            # regexes (re.fullmatch on 'a/b/kernel' paths) of params to decay; None: kernels
       grad_clip_norm=None,     # clip by global norm of the trainable gradients; None/0: off
       frozen=(),               # regexes of params that never change (lr 0, no optimizer state): linear probes
+      lr_scale=(),             # ((regex, factor), ...): those params' updates scaled by factor (a per-group lr)
       schedule=dict(kind='warmup_cosine', warmup_steps=0, ...),  # see make_schedule
   )
 
@@ -19,6 +20,11 @@ Weight decay, by optimizer:
 Default mask: only parameters named `kernel` (dense, conv, attention projections) decay; biases, norm scales,
 embedding tables, positional embeddings and learned tokens do not. Decaying those hurts (they have no
 "size" to regularise) and is what BERT/ViT recipes exclude.
+
+Learning-rate groups: `lr_scale` multiplies the updates of the parameters its regex matches (the first rule that
+matches wins) by its factor, after the optimizer: for adam(w) and sgd that is the same as running them at
+`factor * lr` (adamw's decoupled decay is scaled alike, as torch's per-group lr does). E.g. HierVL's anticipation
+head at 3e-3 with its aggregator at 1e-4: lr=3e-3, lr_scale=(('model/aggregator/.*', 1e-4 / 3e-3),).
 
 Frozen groups: parameters matching `frozen` get `optax.set_to_zero()` through `optax.multi_transform`, so they
 carry no Adam moments (memory) and are excluded from gradient clipping and the reported update norm.
@@ -37,9 +43,9 @@ import optax
 DEFAULT_WD_MASK = (r"(.*/)?kernel",)
 
 _OPTIM_KEYS = {"name", "lr", "b1", "b2", "eps", "momentum", "nesterov", "weight_decay", "wd_mask",
-               "grad_clip_norm", "frozen", "schedule"}
+               "grad_clip_norm", "frozen", "lr_scale", "schedule"}
 _SCHEDULE_KEYS = {"kind", "warmup_steps", "warmup_init_lr", "decay_steps", "end_lr", "alpha", "period"}
-_SCHEDULE_KINDS = ("constant", "linear", "cosine", "warmup_cosine")
+_SCHEDULE_KINDS = ("constant", "linear", "cosine", "warmup_cosine", "step")
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
@@ -56,6 +62,8 @@ def make_schedule(lr: float, schedule_cfg: Mapping[str, Any] | None, total_steps
   p = (step - warmup_steps) / decay_steps in [0, 1], and stay at the floor afterwards:
 
   * 'constant': lr.
+  * 'step': lr until the decay steps are done, the floor after (EPIC-KITCHENS MIR fine-tuning: 3e-5 for 100
+    epochs, then 1e-6).
   * 'linear': floor + (lr - floor) * (1 - p).
   * 'cosine' / 'warmup_cosine' with period='half' (default): floor + (lr - floor) * (1 + cos(pi p)) / 2, the
     usual half-period cosine; VATT B.5 (fine-tuning, "half-period cosine ... to 0") is this with floor 0.
@@ -107,6 +115,8 @@ def make_schedule(lr: float, schedule_cfg: Mapping[str, Any] | None, total_steps
     p = jnp.clip((step - warmup) / decay_steps, 0.0, 1.0)
     if kind == "constant":
       decayed = jnp.full_like(p, lr)
+    elif kind == "step":
+      decayed = jnp.where(p < 1.0, lr, floor)
     elif kind == "linear":
       decayed = floor + (lr - floor) * (1.0 - p)
     elif period == "half":
@@ -139,6 +149,29 @@ def _regex_mask(patterns: Sequence[str], params: Any, what: str, must_match: boo
                          + ", ".join(jax.tree_util.tree_leaves(paths)[:8]))
       logging.warning(message)
   return jax.tree_util.tree_map(lambda p: any(r.fullmatch(p) for r in compiled), paths)
+
+
+def _scaled_groups(rules: Sequence[Sequence[Any]], params: Any) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by the factor of the first `lr_scale` rule whose regex matches it."""
+  compiled = []
+  for rule in rules:
+    if len(rule) != 2 or not float(rule[1]) >= 0:
+      raise ValueError(f"config.optim.lr_scale entry {tuple(rule)!r}: expected (regex, factor >= 0).")
+    compiled.append((re.compile(str(rule[0])), float(rule[1])))
+  leaves = jax.tree_util.tree_leaves(param_paths(params))
+  for regex, _ in compiled:
+    if not any(regex.fullmatch(p) for p in leaves):
+      logging.warning("config.optim.lr_scale pattern %r matches no parameter.", regex.pattern)
+
+  def factor(path) -> float:
+    name = "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+    return next((f for r, f in compiled if r.fullmatch(name)), 1.0)
+
+  def update(updates, state, params=None):
+    del params  # by path, so it also works inside `frozen`'s multi_transform (masked trees)
+    return jax.tree_util.tree_map_with_path(lambda path, u: u * jnp.asarray(factor(path), u.dtype), updates), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
 def make_optimizer(optim_cfg: Any, params: Any, total_steps: int
@@ -186,6 +219,9 @@ def make_optimizer(optim_cfg: Any, params: Any, total_steps: int
                            nesterov=bool(cfg.get("nesterov", False))))
   else:
     raise ValueError(f"Unknown config.optim.name {name!r}; choose 'adam', 'adamw' or 'sgd'.")
+  scales = tuple(cfg.get("lr_scale") or ())
+  if scales:
+    parts.append(_scaled_groups(scales, params))
   tx = optax.chain(*parts)
 
   frozen = tuple(cfg.get("frozen") or ())
