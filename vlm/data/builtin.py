@@ -899,7 +899,7 @@ def main(argv: Sequence[str] | None = None) -> BuiltinDataset:
   parser = argparse.ArgumentParser(prog="python -m vlm.data.builtin", description=__doc__.split("\n\n")[0])
   parser.add_argument("--data_dir", default=None)
   defaults = dict(num_train=2048, num_test=512, num_images=1024, num_frames=32, fps=10.0, size=64,
-                  sample_rate=48000, episode_len=4, num_shards=8, seed=0, colour_change=0.0)
+                  sample_rate=48000, episode_len=4, num_shards=8, seed=0, colour_change=0.0, routines=0)
   for k, v in defaults.items():
     parser.add_argument(f"--{k}", type=type(v), default=v)
   args = vars(parser.parse_args(argv))
