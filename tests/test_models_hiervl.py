@@ -116,3 +116,32 @@ def test_load_starts_from_hf_timesformer_and_distilbert(tmp_path):
   config.init.options.video_vit = "x.npz"
   with pytest.raises(ValueError, match="choose one start"):
     init_lib.load_params(config, model, fresh, None)
+
+
+def test_checkpoints_that_do_not_fit_name_the_parameter(tmp_path):
+  """An aggregator table of another length, or an HF TimeSformer of another patch size: an error naming the key,
+  never a silent broadcast."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from vlm.train import init as init_lib  # pylint: disable=g-import-not-at-top
+  video = np.zeros((1, 2, 16, 16, 3), np.float32)
+  text = np.array([[2, 10, 3, 0]], np.int32)
+
+  def fresh(config):
+    model = hiervl.Model.from_config(config)
+    return model, flax.core.meta.unbox(model.init(jax.random.key(0), video, text,
+                                                  (text > 0).astype(np.int32))["params"])
+
+  config = _config(aggregator_positions=4)
+  model, params = fresh(config)
+  _, restored = fresh(_config(aggregator_positions=8))
+  with pytest.raises(ValueError, match="aggregator/pos_embedding"):
+    init_lib.load_params(config, model, params, restored)
+  torch.manual_seed(0)
+  tsf = transformers.TimesformerModel(transformers.TimesformerConfig(
+      image_size=16, patch_size=4, num_frames=2, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+      intermediate_size=128))
+  tsf.save_pretrained(str(tmp_path / "tsf4"))
+  config.init = dict(options=dict(video_timesformer=str(tmp_path / "tsf4" / "model.safetensors")))
+  with pytest.raises(ValueError, match="video_encoder/patch_embedding"):
+    init_lib.load_params(config, model, params, None)
