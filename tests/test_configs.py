@@ -140,21 +140,23 @@ def _one_device_check(spec: str, workdir: str, bench: bool) -> None:
   print("ok", spec, report["params_total"])
 
 
-def test_every_tiny_trains_and_runs_the_tools_on_one_device(tmp_path):
-  """One subprocess for all configs (one JAX start-up, one compile cache), each in its own workdir. The bench tool
-  (a second compilation of the step) runs on the first config only: it is family-agnostic, and
-  tests/test_tools.py tests it on its own."""
+@pytest.mark.parametrize("half", [0, 1])
+def test_every_tiny_trains_and_runs_the_tools_on_one_device(half, tmp_path):
+  """Two subprocesses (so the two test workers share the work), each for every other config (one JAX start-up,
+  one compile cache), each config in its own workdir. The bench tool (a second compilation of the step) runs on
+  the first config only: it is family-agnostic, and tests/test_tools.py tests it on its own."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  mine = CONFIGS[half::2]
   args = []
-  for i, path in enumerate(CONFIGS):
-    args += [os.path.join(ROOT, f"{path}:tiny"), str(tmp_path / f"workdir{i}"), str(i == 0)]
+  for i, path in enumerate(mine):
+    args += [os.path.join(ROOT, f"{path}:tiny"), str(tmp_path / f"workdir{i}"), str(half == 0 and i == 0)]
   proc = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                         timeout=1200)
   assert proc.returncode == 0, f"a tiny config failed on one device:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-  assert proc.stdout.count("ok ") == len(CONFIGS), proc.stdout
+  assert proc.stdout.count("ok ") == len(mine), proc.stdout
 
 
 if __name__ == "__main__":

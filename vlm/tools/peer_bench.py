@@ -38,14 +38,6 @@ from vlm.tools import common
 PEERS = ("timesformer",)
 BASE = dict(num_layers=12, hidden_size=768, mlp_dim=3072, num_heads=12, patch_size=16)
 
-_PEER = flags.DEFINE_enum("peer", "timesformer", PEERS, "Which twin to time.")
-_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
-_SIZE = flags.DEFINE_integer("image_size", 224, "Frame height and width.")
-_BATCH = flags.DEFINE_integer("batch", 1, "Clips per step.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per side (median).")
-_WARMUP = flags.DEFINE_integer("warmup", 1, "Untimed steps per side after compilation.")
-
-
 class OurStep:
   """The jitted JAX TimeSformer train step (forward, stand-in loss, backward, AdamW)."""
 
@@ -142,10 +134,20 @@ def compare(*, sizes: dict[str, int] | None = None, frames: int = 8, image_size:
           "allocator": os.path.basename(os.environ.get("LD_PRELOAD", "")) or "system (glibc)"}
 
 
-def main(argv):
+def _define_flags() -> dict[str, Any]:
+  """The command line's flags, defined only when run as a program (other tools define `steps`, `batch`, ...)."""
+  return dict(
+      peer=flags.DEFINE_enum("peer", "timesformer", PEERS, "Which twin to time."),
+      frames=flags.DEFINE_integer("frames", 8, "Frames per clip."),
+      image_size=flags.DEFINE_integer("image_size", 224, "Frame height and width."),
+      batch=flags.DEFINE_integer("batch", 1, "Clips per step."),
+      steps=flags.DEFINE_integer("steps", 5, "Timed steps per side (median)."),
+      warmup=flags.DEFINE_integer("warmup", 1, "Untimed steps per side after compilation."))
+
+
+def main(argv, args: dict[str, Any]):
   del argv
-  report = compare(frames=_FRAMES.value, image_size=_SIZE.value, batch=_BATCH.value, steps=_STEPS.value,
-                   warmup=_WARMUP.value)
+  report = compare(**{k: v.value for k, v in args.items() if k != "peer"})
   if common.JSON.value:
     print(json.dumps(report, indent=1))
     return
@@ -156,4 +158,5 @@ def main(argv):
 if __name__ == "__main__":
   from vlm import allocator  # pylint: disable=g-import-not-at-top
   allocator.reexec_with_fast_malloc()
-  app.run(main)
+  _ARGS = _define_flags()
+  app.run(lambda argv: main(argv, _ARGS))
