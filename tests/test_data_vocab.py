@@ -86,3 +86,10 @@ def test_build_word_vocab_round_trip(tmp_path):
   assert tokens[:4] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]"] and tokens[4:] == ["man", "the", "a"]
   tok = vocab.WordTokenizer(path)
   assert tok.to_int("The horse") == [5, 1]
+
+
+def test_read_names_from_a_list_or_a_file(tmp_path):
+  path = tmp_path / "classes.txt"
+  path.write_text("circle moving left\n\n  square moving up \n")
+  assert vocab.read_names(str(path)) == ["circle moving left", "square moving up"]
+  assert vocab.read_names(("a", "b")) == ["a", "b"] and vocab.read_names(None) is None

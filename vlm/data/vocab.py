@@ -290,6 +290,15 @@ def make_tokenizer(spec: Mapping[str, Any] | Tokenizer, *, default_vocab_file: s
   raise ValueError(f"tokenizer.kind must be 'words' or 'wordpiece', got {kind!r}.")
 
 
+def read_names(names: str | Sequence[str] | None) -> list[str] | None:
+  """A list of names as given, or read from a text file (one per line, blank lines skipped); None stays None
+  (evaluators' answer lists and class names)."""
+  if isinstance(names, str):
+    with tf.io.gfile.GFile(names) as f:
+      return [line.strip() for line in f if line.strip()]
+  return None if names is None else list(names)
+
+
 def tokenize_texts(texts: Sequence[str], tokenizer: Tokenizer, length: int) -> tuple[np.ndarray, np.ndarray]:
   """[C] strings -> ids [C, length] and mask, each `[CLS] text [SEP]` clipped or padded as the `tokenize` pp op
   writes a caption (for texts an evaluator embeds itself: answer lists, class-name prompts)."""

@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from vlm import protocols
 from vlm.data import inputs
@@ -53,10 +52,7 @@ def answer_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.Conf
   """(candidate answers, vocab file of the eval split's source, answer groups, question kind names)."""
   inp = inputs.input_config(config, eval_cfg.input)
   source = sources_lib.get_source(inp["data"])
-  answers = eval_cfg.get("answer_list", None)
-  if isinstance(answers, str):
-    with tf.io.gfile.GFile(answers) as f:
-      answers = [line.strip() for line in f if line.strip()]
+  answers = vocab_lib.read_names(eval_cfg.get("answer_list", None))
   if answers is None:
     answers = source.meta.get("answer_names")
   if not answers:

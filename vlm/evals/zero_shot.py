@@ -30,7 +30,6 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from vlm import protocols
 from vlm.data import inputs
@@ -45,10 +44,7 @@ def class_list(config: ml_collections.ConfigDict, eval_cfg: ml_collections.Confi
                ) -> tuple[list[str], str | None]:
   """(class names, vocab file of the eval split's source)."""
   source = sources_lib.get_source(inputs.input_config(config, eval_cfg.input)["data"])
-  names = eval_cfg.get("class_names", None)
-  if isinstance(names, str):
-    with tf.io.gfile.GFile(names) as f:
-      names = [line.strip() for line in f if line.strip()]
+  names = vocab_lib.read_names(eval_cfg.get("class_names", None))
   if names is None:
     names = source.meta.get("class_names")
   if not names:
