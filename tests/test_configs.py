@@ -1,5 +1,6 @@
-"""Every config file: every documented `FILE:ARG` loads; every `tiny` form trains a step and runs the tools on
-ONE device, as on a user's laptop (the rest of the suite runs on 8 fake devices, which hides batch-of-one bugs).
+"""Every config file: every documented `FILE:ARG` loads; on ONE device, as on a user's laptop (the rest of the
+suite runs on 8 fake devices, which hides batch-of-one bugs), every `tiny` form runs the inspect tool and every
+kind of run (model family x task) trains a step.
 
 Documented args are the `configs/<file>.py:ARG` commands written in the config's own docstring, in README.md and
 in the per-family configs/<family>/README.md, so the list cannot drift from the docs.
@@ -118,8 +119,34 @@ def test_every_config_file_is_documented_with_a_command():
     assert f"--config={path}:" in doc, f"{path}: its docstring shows no `--config={path}:ARG` command"
 
 
-def _one_device_check(spec: str, workdir: str, bench: bool) -> None:
-  """Runs in a subprocess with one CPU device: a training step, the inspect tool and (`bench`) the bench tool."""
+def _kinds() -> dict[str, tuple[str, str]]:
+  """config path -> (config.model.name, config.task.name) of its tiny form."""
+  from vlm import config_lib  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in CONFIGS:
+    config = config_lib.load_config(os.path.join(ROOT, f"{path}:tiny"))
+    out[path] = (config.model.name, config.task.name)
+  return out
+
+
+def one_device_training(kinds: dict[str, tuple[str, str]]) -> list[str]:
+  """The configs whose tiny form trains a step here: the first of each (model, task) kind that no notebook
+  trains already (tests/test_colabs.py runs the colabs on one real CPU device, each on a tiny config)."""
+  in_colabs = set()
+  for notebook in glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")):
+    in_colabs |= {m.group(1) for m in _COMMAND.finditer(open(notebook).read())}
+  covered = {kinds[p] for p in in_colabs if p in kinds}
+  chosen, seen = [], set(covered)
+  for path in CONFIGS:
+    if kinds[path] not in seen:
+      seen.add(kinds[path])
+      chosen.append(path)
+  return chosen
+
+
+def _one_device_check(spec: str, workdir: str, train: bool, bench: bool) -> None:
+  """Runs in a subprocess with one CPU device: the inspect tool, and (`train`) a training step, (`bench`) the
+  bench tool."""
   import jax  # pylint: disable=g-import-not-at-top
   from vlm import config_lib  # pylint: disable=g-import-not-at-top
   from vlm.tools import bench as bench_lib  # pylint: disable=g-import-not-at-top
@@ -129,9 +156,10 @@ def _one_device_check(spec: str, workdir: str, bench: bool) -> None:
   config = config_lib.load_config(spec)
   with config.unlocked():
     config.evals = {}  # the evaluators have their own tests; this checks the training path
-  # One step of the config's own schedule (total_steps and warm-up unchanged), then stop as a time slice would.
-  trainer.train_and_evaluate(config, workdir, stop_after_steps=1)
-  assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+  if train:
+    # One step of the config's own schedule (total_steps and warm-up unchanged), then stop as a time slice would.
+    trainer.train_and_evaluate(config, workdir, stop_after_steps=1)
+    assert os.path.exists(os.path.join(workdir, "metrics.jsonl"))
   report = inspect_lib.inspect(config, with_flops=False)
   assert report["params_total"] > 0
   if bench:
@@ -141,18 +169,22 @@ def _one_device_check(spec: str, workdir: str, bench: bool) -> None:
 
 
 @pytest.mark.parametrize("half", [0, 1])
-def test_every_tiny_trains_and_runs_the_tools_on_one_device(half, tmp_path):
-  """Two subprocesses (so the two test workers share the work), each for every other config (one JAX start-up,
-  one compile cache), each config in its own workdir. The bench tool (a second compilation of the step) runs on
-  the first config only: it is family-agnostic, and tests/test_tools.py tests it on its own."""
+def test_every_tiny_runs_the_tools_and_each_kind_trains_on_one_device(half, tmp_path):
+  """Two subprocesses (so the two test workers share the work), each one JAX start-up and one compile cache,
+  each config in its own workdir; the training configs alternate between the two. The bench tool (a second
+  compilation of the step) runs on the first training config only: it is family-agnostic, and
+  tests/test_tools.py tests it on its own."""
   env = dict(os.environ)
   env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
                               if not f.startswith("--xla_force_host_platform_device_count"))
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  mine = CONFIGS[half::2]
+  training = one_device_training(_kinds())
+  inspecting = [p for p in CONFIGS if p not in training]
+  mine = [(p, True) for p in training[half::2]] + [(p, False) for p in inspecting[half::2]]
   args = []
-  for i, path in enumerate(mine):
-    args += [os.path.join(ROOT, f"{path}:tiny"), str(tmp_path / f"workdir{i}"), str(half == 0 and i == 0)]
+  for i, (path, train) in enumerate(mine):
+    args += [os.path.join(ROOT, f"{path}:tiny"), str(tmp_path / f"workdir{i}"), str(train),
+             str(half == 0 and i == 0)]
   proc = subprocess.run([sys.executable, __file__, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                         timeout=1200)
   assert proc.returncode == 0, f"a tiny config failed on one device:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
@@ -160,5 +192,5 @@ def test_every_tiny_trains_and_runs_the_tools_on_one_device(half, tmp_path):
 
 
 if __name__ == "__main__":
-  for spec_, workdir_, bench_ in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
-    _one_device_check(spec_, workdir_, bench_ == "True")
+  for spec_, workdir_, train_, bench_ in zip(*(sys.argv[1 + k::4] for k in range(4))):
+    _one_device_check(spec_, workdir_, train_ == "True", bench_ == "True")

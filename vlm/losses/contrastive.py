@@ -118,3 +118,37 @@ def weighted_total(losses: dict[str, jax.Array], weights: dict[str, float]) -> j
   if not used:
     raise ValueError(f"At least one loss weight must be positive, got {weights}.")
   return sum(weights[n] * losses[n] for n in used) / sum(weights[n] for n in used)
+
+
+def distilled_nce_loss(logits: jax.Array, teacher_logits: jax.Array, *, valid: jax.Array | None = None,
+                       alpha: float = 0.4) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """One direction of ALBEF's momentum-distilled contrastive loss (Li et al. 2021, equation 3; TW-BERT's VTC).
+
+  Row i's positive is column i (the batch's own pair; the columns after the batch are a queue of earlier
+  momentum features). The target mixes the one-hot positive with the momentum model's distribution:
+    q_i = alpha softmax(teacher_logits_i) + (1 - alpha) onehot(i);   loss = mean_i -sum_j q_ij log softmax(logits_i)_j
+
+  Args:
+    logits: [B, M] similarities / temperature of the online features to the B + Q candidates (M >= B).
+    teacher_logits: [B, M] the same from the momentum features (no gradient flows into it).
+    valid: optional [M] bool; False columns (queue slots not yet filled) take no part.
+    alpha: distillation weight (ALBEF / TW-BERT: 0.4; 0 is plain InfoNCE with the queue as extra negatives).
+
+  Returns:
+    (loss, {'top1': fraction of rows whose best column is their own}).
+  """
+  b, m = logits.shape
+  if m < b:
+    raise ValueError(f"{m} candidate columns for {b} rows: the batch's own pairs come first.")
+  logits = logits.astype(jnp.float32)
+  teacher = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32))
+  if valid is not None:
+    keep = valid.astype(bool)[None, :]
+    logits = jnp.where(keep, logits, -jnp.inf)
+    teacher = jnp.where(keep, teacher, -jnp.inf)
+  onehot = jax.nn.one_hot(jnp.arange(b), m, dtype=jnp.float32)
+  targets = alpha * jax.nn.softmax(teacher, axis=-1) + (1.0 - alpha) * onehot
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  loss = -jnp.sum(jnp.where(targets > 0, targets * log_p, 0.0), axis=-1).mean()
+  top1 = (jnp.argmax(logits, axis=-1) == jnp.arange(b)).astype(jnp.float32).mean()
+  return loss, {"top1": top1}

@@ -186,6 +186,24 @@ class BertEncoder(nn.Module):
     return stack(x, carry={"context": context, "context_mask": context_mask}, shared={"mask": mask}, train=train)
 
 
+class MlmHead(nn.Module):
+  """BERT's prediction head: Dense(D) + GELU + LayerNorm, then logits against a (tied) embedding table."""
+  layer_norm_epsilon: float = 1e-12
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+    """x [B, L, D], embedding [V, D] -> logits [B, L, V] (float32)."""
+    d = x.shape[-1]
+    x = nn.Dense(d, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (ax.EMBED, ax.MLP)), name="transform")(x)
+    x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "transform_norm")(nn.gelu(x, approximate=False))
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (ax.VOCAB,)),
+                      (embedding.shape[0],), jnp.float32)
+    logits = jnp.einsum("bld,vd->blv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
+    return logits + bias
+
+
 def from_hf_bert(flat: Mapping[str, Any], num_heads: int, *, first_layer: int = 0,
                  num_layers: int | None = None, embeddings: bool = True) -> dict[str, Any]:
   """BertEncoder params from HF `BertModel` weights: layers [first_layer, first_layer + num_layers) renumbered
@@ -253,3 +271,15 @@ def from_hf_distilbert(flat: Mapping[str, Any], num_heads: int) -> dict[str, Any
                              "mlp": {"wi": dense(p + "ffn.lin1"), "wo": dense(p + "ffn.lin2")},
                              "ln_mlp": norm(p + "output_layer_norm")}
   return jax.tree.map(jnp.asarray, out)
+
+
+def mlm_head_from_hf(flat: Mapping[str, Any]) -> dict[str, Any]:
+  """`MlmHead` params from HF `BertForMaskedLM` weights (`cls.predictions.*`); {} when the file has no head
+  (a plain `BertModel`)."""
+  head = "cls.predictions."
+  if head + "bias" not in flat:
+    return {}
+  take = lambda n: np.asarray(hf_weights.take(flat, head + n, "HF BERT MLM head"))
+  return {"transform": {"kernel": take("transform.dense.weight").T, "bias": take("transform.dense.bias")},
+          "transform_norm": {"scale": take("transform.LayerNorm.weight"), "bias": take("transform.LayerNorm.bias")},
+          "bias": take("bias")}

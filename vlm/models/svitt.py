@@ -44,6 +44,7 @@ Derived from config.input (not config.model keys): the video encoder's frames (n
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from absl import logging
@@ -95,24 +96,6 @@ MODEL_KEYS = {"vocab_size": ("vocab_size", int), "text_layers": ("text_layers", 
               "dropout_rate": ("dropout_rate", float), "attention_dropout_rate": ("attention_dropout_rate", float),
               "dtype": ("dtype", jnp.dtype)}
 SELECT_KEYS = ("name", "size")
-
-
-class MlmHead(nn.Module):
-  """BERT's prediction head: Dense(D) + GELU + LayerNorm, then logits against a (tied) embedding table."""
-  layer_norm_epsilon: float = 1e-12
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
-    """x [B, L, D], embedding [V, D] -> logits [B, L, V] (float32)."""
-    d = x.shape[-1]
-    x = nn.Dense(d, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (ax.EMBED, ax.MLP)), name="transform")(x)
-    x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "transform_norm")(nn.gelu(x, approximate=False))
-    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (ax.VOCAB,)),
-                      (embedding.shape[0],), jnp.float32)
-    logits = jnp.einsum("bld,vd->blv", x, embedding.astype(x.dtype), preferred_element_type=jnp.float32)
-    return logits + bias
 
 
 class Model(nn.Module):
@@ -205,11 +188,11 @@ class Model(nn.Module):
     self.text_proj = proj("text_proj")
     self.vtm_head = nn.Dense(2, dtype=self.dtype, kernel_init=nn.with_logical_partitioning(
         nn.initializers.normal(0.02), (ax.EMBED, None)))
-    self.mlm_head = MlmHead(dtype=self.dtype)
+    self.mlm_head = bert.MlmHead(dtype=self.dtype)
     if self.decoder_layers:
       self.answer_decoder = bert.BertEncoder(num_layers=self.decoder_layers, cross_attention_from=0, causal=True,
                                              **text)
-      self.answer_head = MlmHead(dtype=self.dtype)
+      self.answer_head = bert.MlmHead(dtype=self.dtype)
 
   # ----------------------------------------------------------------------------------------------- stages
   def encode_video(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, jax.Array]:
@@ -246,6 +229,33 @@ class Model(nn.Module):
     hidden, _ = self.answer_decoder(answer, answer_mask, context=fused, context_mask=fused_mask, train=train)
     table = nn.meta.unbox(self.answer_decoder.variables["params"]["word_embeddings"])
     return self.answer_head(hidden, table)
+
+  # -------------------------------------------------------------------------------------------------- tools
+  def token_counts(self) -> dict[str, int]:
+    """Video tokens entering the encoder and after each visual pruning (the inspect tool)."""
+    v = self.vision
+    n = v["frames"] * (v["image_size"] // v["patch_size"]) ** 2
+    out = {"video": n}
+    if v["keep_rate"] < 1.0:
+      for layer in v["prune_after"]:
+        n = math.ceil(v["keep_rate"] * n - 1e-9)
+        out[f"video_after_layer_{layer}"] = n
+    return out
+
+  def attention_edges(self, text_len: int) -> dict[str, float]:
+    """Attention-graph size and edge sparsity of this configuration (equations 1-3; `svitt_edges`)."""
+    v = self.vision
+    sparse = v["attention"] == "block_sparse"
+    patches = (v["image_size"] // v["patch_size"]) ** 2
+    n = v["frames"] * patches
+    bs = v["attention_kwargs"] or {}
+    # Dense attention is one block of all tokens: every query meets N keys.
+    g, kl, kr = ((bs["block_size"], bs["local_blocks"], bs["random_blocks"]) if sparse else (n, 1, 0))
+    return block_sparse.svitt_edges(
+        v["frames"], patches_per_frame=patches, visual_layers=v["num_layers"], multimodal_layers=self.fusion_layers,
+        text_len=text_len, local_blocks=kl, random_blocks=kr, block_size=g, visual_keep=v["keep_rate"],
+        visual_prune_after=v["prune_after"], multimodal_keep=self.fusion_keep_rate,
+        multimodal_prune_after=self.fusion_prune_after)
 
   def __call__(self, video: jax.Array, text: jax.Array, text_mask: jax.Array, answer: jax.Array | None = None,
                answer_mask: jax.Array | None = None, *, train: bool = False) -> dict[str, jax.Array]:
@@ -392,14 +402,7 @@ def _hf_weights(params: dict[str, Any], files: dict[str, str], model: Model | Vi
     loaded.update(_prefixed(bert.from_hf_bert(flat, model.num_heads, num_layers=model.text_layers), "text_encoder"))
     loaded.update(_prefixed(bert.from_hf_bert(flat, model.num_heads, first_layer=model.text_layers,
                                               num_layers=model.fusion_layers, embeddings=False), "fusion_encoder"))
-    head = "cls.predictions."
-    if head + "bias" in flat:
-      take = lambda n: hf_weights.take(flat, head + n, "HF BERT MLM head")
-      loaded.update({"mlm_head/transform/kernel": take("transform.dense.weight").T,
-                     "mlm_head/transform/bias": take("transform.dense.bias"),
-                     "mlm_head/transform_norm/scale": take("transform.LayerNorm.weight"),
-                     "mlm_head/transform_norm/bias": take("transform.LayerNorm.bias"),
-                     "mlm_head/bias": take("bias")})
+    loaded.update(_prefixed(bert.mlm_head_from_hf(flat), "mlm_head"))
   problems = [f"{k}: not a parameter of this model" for k in loaded if k not in params]
   problems += [f"{k}: file {tuple(v.shape)} vs model {tuple(params[k].shape)}" for k, v in loaded.items()
                if k in params and tuple(v.shape) != tuple(params[k].shape)]

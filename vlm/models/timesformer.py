@@ -18,6 +18,12 @@ Frozen-in-Time (HierVL's release) differs in one detail: its [CLS] also attends 
 instead of through per-frame copies; this module implements the TimeSformer form, which HF's model has and the
 parity test pins (tests/test_models_timesformer.py: hidden states within 1e-4 of a random HF `TimesformerModel`).
 
+TW-BERT's form (`frame_cls=True`): every frame keeps its own [CLS_t] ([B, T (1 + N), D], frame-major), which
+takes part in both attentions like a patch, the temporal table on all of frame t's tokens; the pooled feature is
+the mean of the frames' [CLS]. Its hierarchical frame selector (`select_after` / `select_frames`) keeps the
+frames a text points to between layers (vlm/nn/frame_selection.py, vlm/nn/perturbed_topk.py); the layers then
+run in stages of `transformer.Stack`, one per frame count.
+
 Weights: `from_hf_timesformer` maps HF `TimesformerModel` safetensors; `from_vit` starts from an image ViT
 (`vlm.models.vit_checkpoints.read_vit`: big_vision npz or HF safetensors) with the temporal attention copied
 from the spatial one and the temporal Dense at zero (TimeSformer's initialisation: the inflated model equals the
@@ -37,9 +43,11 @@ import numpy as np
 from vlm.models import hf_weights
 from vlm.nn import attention as attention_lib
 from vlm.nn import dropout as dropout_lib
+from vlm.nn import frame_selection
 from vlm.nn import logical as ax
 from vlm.nn import mlp as mlp_lib
 from vlm.nn import patch as patch_lib
+from vlm.nn import perturbed_topk
 from vlm.nn import transformer
 
 TIME_RESIZE = ("zeros", "nearest", "linear")
@@ -51,6 +59,8 @@ class DividedSpaceTimeBlock(nn.Module):
   Attributes:
     num_heads, mlp_dim: attention heads and feed-forward width.
     frames: T (the token count gives N).
+    frame_cls: the tokens are T frames of [CLS_t; N patches] (TW-BERT): both attentions take each frame's
+      [CLS] like a patch (temporal: the [CLS] tokens over time; spatial: within the frame). Else one [CLS].
     dropout_rate, attention_dropout_rate: dropout on the MLP output / the attention probabilities.
     drop_path_rates: every layer's stochastic-depth rate, read at the layer's index; () for none.
     attention, attention_kwargs: the spatial attention's registered kernel and its options.
@@ -60,6 +70,7 @@ class DividedSpaceTimeBlock(nn.Module):
   num_heads: int
   mlp_dim: int
   frames: int
+  frame_cls: bool = False
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   drop_path_rates: tuple[float, ...] = ()
@@ -75,29 +86,39 @@ class DividedSpaceTimeBlock(nn.Module):
     x = nn.with_logical_constraint(carry["x"], (ax.BATCH, ax.TOKENS, ax.ACT_EMBED))
     b, length, d = x.shape
     t = self.frames
-    n = (length - 1) // t
-    if 1 + t * n != length:
-      raise ValueError(f"{length} tokens are not [CLS] + {t} frames x N patches.")
     norm = lambda name: transformer.layer_norm(self.layer_norm_epsilon, self.dtype, name)
     mha = lambda name, kernel, options: attention_lib.MultiHeadAttention(
         num_heads=self.num_heads, head_dim=d // self.num_heads, dropout_rate=self.attention_dropout_rate,
         attention=kernel, attention_kwargs=options, dtype=self.dtype, name=name)
     drop_path = lambda y: dropout_lib.drop_path(self, y, self.drop_path_rates, layer, train)
-    cls, patches = x[:, :1], x[:, 1:].reshape(b, t, n, d)
-    # Temporal attention: [B, T, N, D] -> B N sequences of T tokens.
-    y = patches.transpose(0, 2, 1, 3).reshape(b * n, t, d)
-    y, _ = mha("temporal_attention", "dense", None)(norm("ln_temporal")(y), train=train)
-    y = drop_path(y.reshape(b, n, t, d)).transpose(0, 2, 1, 3)
-    y = nn.Dense(d, dtype=self.dtype, name="temporal_dense", kernel_init=nn.with_logical_partitioning(
-        nn.initializers.zeros, (None, ax.EMBED)))(y)
-    patches = patches + y
-    # Spatial attention: B T sequences of [CLS copy; N patches].
-    s = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, d)), patches], axis=2).reshape(b * t, 1 + n, d)
-    s, _ = mha("attention", self.attention, self.attention_kwargs)(norm("ln_attention")(s), train=train,
-                                                                  layer=layer)
-    s = drop_path(s.reshape(b, t, 1 + n, d))
-    cls = cls + s[:, :, 0].mean(axis=1, keepdims=True)  # the frames' [CLS] updates averaged
-    x = jnp.concatenate([cls, (patches + s[:, :, 1:]).reshape(b, t * n, d)], axis=1)
+    temporal = lambda y: mha("temporal_attention", "dense", None)(norm("ln_temporal")(y), train=train)[0]
+    temporal_dense = lambda y: nn.Dense(d, dtype=self.dtype, name="temporal_dense", kernel_init=(
+        nn.with_logical_partitioning(nn.initializers.zeros, (None, ax.EMBED))))(y)
+    if self.frame_cls:
+      m = length // t  # 1 + N tokens per frame
+      if t * m != length:
+        raise ValueError(f"{length} tokens are not {t} frames x [CLS_t; N patches].")
+      frames = x.reshape(b, t, m, d)
+      y = temporal(frames.transpose(0, 2, 1, 3).reshape(b * m, t, d))
+      frames = frames + temporal_dense(drop_path(y.reshape(b, m, t, d)).transpose(0, 2, 1, 3))
+      s = mha("attention", self.attention, self.attention_kwargs)(
+          norm("ln_attention")(frames.reshape(b * t, m, d)), train=train, layer=layer)[0]
+      x = (frames + drop_path(s.reshape(b, t, m, d))).reshape(b, length, d)
+    else:
+      n = (length - 1) // t
+      if 1 + t * n != length:
+        raise ValueError(f"{length} tokens are not [CLS] + {t} frames x N patches.")
+      cls, patches = x[:, :1], x[:, 1:].reshape(b, t, n, d)
+      # Temporal attention: [B, T, N, D] -> B N sequences of T tokens.
+      y = temporal(patches.transpose(0, 2, 1, 3).reshape(b * n, t, d))
+      patches = patches + temporal_dense(drop_path(y.reshape(b, n, t, d)).transpose(0, 2, 1, 3))
+      # Spatial attention: B T sequences of [CLS copy; N patches].
+      s = jnp.concatenate([jnp.broadcast_to(cls[:, None], (b, t, 1, d)), patches], axis=2).reshape(b * t, 1 + n, d)
+      s, _ = mha("attention", self.attention, self.attention_kwargs)(norm("ln_attention")(s), train=train,
+                                                                    layer=layer)
+      s = drop_path(s.reshape(b, t, 1 + n, d))
+      cls = cls + s[:, :, 0].mean(axis=1, keepdims=True)  # the frames' [CLS] updates averaged
+      x = jnp.concatenate([cls, (patches + s[:, :, 1:]).reshape(b, t * n, d)], axis=1)
     y = mlp_lib.MlpBlock(self.mlp_dim, dropout_rate=self.dropout_rate, dtype=self.dtype, name="mlp")(
         norm("ln_mlp")(x), deterministic=not train)
     x = x + drop_path(y)
@@ -105,10 +126,20 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 class TimeSformer(nn.Module):
-  """video [B, T, H, W, 3] -> (tokens [B, 1 + T N, D] after the final LayerNorm, aux).
+  """video [B, T, H, W, 3] (+ text [B, Dt]) -> (tokens after the final LayerNorm, aux).
 
-  aux: 'pooled' [B, D] (the [CLS]), 'layers' (the layers' empty aux dicts). Parameter tree: `patch_embedding`,
-  `cls`, `pos_embedding` [1, 1 + N, D], `time_embedding` [1, T, D], `layer_<i>`, `encoder_norm`.
+  Tokens: [B, 1 + T N, D] with one [CLS] (HierVL); with `frame_cls`, [B, T' (1 + N), D], frame t's [CLS_t]
+  first in its frame (TW-BERT). aux: 'pooled' [B, D] (the [CLS], or the mean of the frames' [CLS]), 'frames' (T',
+  the frame count after selection), 'layers' (each layer's empty aux dict) and, with frame selection,
+  'selected_frames' [B, T'] (the kept frames' indices in the input clip, temporal order) and 'frame_scores'
+  (each selection's [B, T_j] scorer output).
+
+  Frame selection (TW-BERT's hierarchical frame selector, vlm/nn/frame_selection.py): after the 1-based layers
+  `select_after`, keep `select_frames` frames, scored from each frame's [CLS] and the text embedding; in
+  training (and with `stochastic_eval`) the differentiable perturbed Top-K (draws from the 'dropout' rng, i.e.
+  the step's key), else the hard Top-K. Without a text, the frames kept are evenly spaced (the text-free view a
+  retrieval index embeds). Parameter tree: `patch_embedding`, `cls`, `pos_embedding` [1, 1 + N, D],
+  `time_embedding` [1, T, D], `layer_<i>`, `frame_selector_<j>`, `encoder_norm`.
   """
   num_layers: int = 12
   hidden_size: int = 768
@@ -123,41 +154,111 @@ class TimeSformer(nn.Module):
   attention: str = "dense"
   attention_kwargs: Mapping[str, Any] | None = None
   layer_norm_epsilon: float = 1e-6
+  frame_cls: bool = False
+  select_after: tuple[int, ...] = ()
+  select_frames: tuple[int, ...] = ()
+  selection_samples: int = 500
+  selection_sigma: float = 0.05
+  stochastic_eval: bool = False
   remat: bool = False
   scan: bool = False
   dtype: Any = jnp.float32
 
+  def check_selection(self) -> None:
+    """Raises ValueError, naming the field, for a frame selection this encoder cannot make."""
+    after, kept = tuple(self.select_after), tuple(self.select_frames)
+    if len(after) != len(kept):
+      raise ValueError(f"select_after={after} and select_frames={kept}: one frame count per selection layer.")
+    if not after:
+      return
+    if not self.frame_cls:
+      raise ValueError("frame selection scores each frame's [CLS]: it needs frame_cls=True.")
+    if self.scan:
+      raise ValueError("frame selection splits the layers into stages of different frame counts: set scan=False.")
+    if any(not 1 <= a <= self.num_layers for a in after) or list(after) != sorted(set(after)):
+      raise ValueError(f"select_after={after}: expected increasing 1-based layers in [1, {self.num_layers}].")
+    previous = self.frames
+    for a, k in zip(after, kept):
+      if not 1 <= k <= previous:
+        raise ValueError(f"select_frames={kept}: keeping {k} frames after layer {a} of the {previous} there; "
+                         "each stage keeps at least 1 and at most the previous stage's frames.")
+      previous = k
+    perturbed_topk.check_args(self.frames, kept[0], self.selection_samples, self.selection_sigma,
+                              "frame selection")
+
   @nn.compact
-  def __call__(self, video: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+  def __call__(self, video: jax.Array, text: jax.Array | None = None, *, train: bool = False
+               ) -> tuple[jax.Array, dict[str, Any]]:
     b, t, h, w, _ = video.shape
     side = self.image_size // self.patch_size
     if (t, h // self.patch_size, w // self.patch_size) != (self.frames, side, side) or h % self.patch_size:
       raise ValueError(f"TimeSformer built for {self.frames} frames of {self.image_size}x{self.image_size} "
                        f"(patch {self.patch_size}) got a [{t}, {h}, {w}] clip; resize the temporal table "
                        "(timesformer.resize_time_table) or change the model's frames / image_size.")
-    d = self.hidden_size
+    self.check_selection()
+    d, n = self.hidden_size, side * side
     x = patch_lib.PatchEmbed(d, (1, self.patch_size, self.patch_size), dtype=self.dtype,
-                             name="patch_embedding")(video).reshape(b, t, side * side, d)
+                             name="patch_embedding")(video).reshape(b, t, n, d)
     table = lambda name, shape, init: self.param(name, nn.with_logical_partitioning(init, (None, None, ax.EMBED)),
                                                  shape, jnp.float32)
     cls = table("cls", (1, 1, d), nn.initializers.normal(0.02))
-    pos = table("pos_embedding", (1, 1 + side * side, d), nn.initializers.normal(0.02))
+    pos = table("pos_embedding", (1, 1 + n, d), nn.initializers.normal(0.02))
     time = table("time_embedding", (1, t, d), nn.initializers.zeros)
-    x = x + pos[:, None, 1:].astype(x.dtype) + time[:, :, None].astype(x.dtype)
-    cls = (cls + pos[:, :1]).astype(x.dtype)
-    x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x.reshape(b, t * side * side, d)], axis=1)
+    if self.frame_cls:  # [CLS_t; patches_t] per frame, the temporal table on every token of frame t
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, t, 1, d)), x], axis=2)
+      x = (x + pos[:, None].astype(x.dtype) + time[:, :, None].astype(x.dtype)).reshape(b, t * (1 + n), d)
+    else:
+      x = x + pos[:, None, 1:].astype(x.dtype) + time[:, :, None].astype(x.dtype)
+      cls = (cls + pos[:, :1]).astype(x.dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x.reshape(b, t * n, d)], axis=1)
     x = dropout_lib.Dropout(self.dropout_rate)(x, deterministic=not train)
-    block_kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, frames=t, dropout_rate=self.dropout_rate,
-                        attention_dropout_rate=self.attention_dropout_rate,
+    block_kwargs = dict(num_heads=self.num_heads, mlp_dim=self.mlp_dim, frame_cls=self.frame_cls,
+                        dropout_rate=self.dropout_rate, attention_dropout_rate=self.attention_dropout_rate,
                         drop_path_rates=dropout_lib.linear_rates(self.drop_path_rate, self.num_layers),
                         attention=self.attention, attention_kwargs=self.attention_kwargs,
                         layer_norm_epsilon=self.layer_norm_epsilon, dtype=self.dtype)
-    stack = transformer.Stack(DividedSpaceTimeBlock, self.num_layers, block_kwargs, layer_name="layer",
-                              remat=self.remat, scan=self.scan)
-    nn.share_scope(self, stack)  # layer_<i> next to the embeddings
-    x, aux = stack(x, train=train)
+    bounds = (0, *self.select_after, self.num_layers)
+    frames_now, kept = t, jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    aux: dict[str, Any] = {"layers": ()}
+    scores_out = []
+    for stage, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
+      if stop > start:
+        stack = transformer.Stack(DividedSpaceTimeBlock, stop - start, {**block_kwargs, "frames": frames_now},
+                                  layer_name="layer", remat=self.remat, scan=self.scan, first_layer=start)
+        nn.share_scope(self, stack)  # layer_<i> next to the embeddings
+        x, stack_aux = stack(x, train=train)
+        aux["layers"] += stack_aux["layers"]
+      if stage < len(self.select_after):
+        x, idx, scores = self._select(stage, x.reshape(b, frames_now, -1, d), text, train)
+        kept = jnp.take_along_axis(kept, idx, axis=1)
+        frames_now = idx.shape[1]
+        x = x.reshape(b, -1, d)
+        if scores is not None:
+          scores_out.append(scores)
     x = transformer.layer_norm(self.layer_norm_epsilon, self.dtype, "encoder_norm")(x)
-    return x, {**aux, "pooled": x[:, 0]}
+    pooled = x.reshape(b, frames_now, -1, d)[:, :, 0].mean(axis=1) if self.frame_cls else x[:, 0]
+    aux.update(pooled=pooled, frames=frames_now)
+    if self.select_after:
+      aux.update(selected_frames=kept, frame_scores=tuple(scores_out))
+    return x, aux
+
+  def _select(self, stage: int, frames: jax.Array, text: jax.Array | None, train: bool
+              ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """frames [B, T, 1 + N, D] -> (kept [B, K, 1 + N, D], kept indices [B, K], scores [B, T] or None)."""
+    k = self.select_frames[stage]
+    if text is None:  # text-free: evenly spaced frames
+      idx = jnp.broadcast_to(frame_selection.evenly_spaced(frames.shape[1], k), (frames.shape[0], k))
+      return jnp.take_along_axis(frames, idx[:, :, None, None], axis=1), idx, None
+    scores = frame_selection.FrameScorer(dtype=self.dtype, name=f"frame_selector_{stage}")(frames[:, :, 0], text)
+    idx = perturbed_topk.hard_topk_indices(scores, k)
+    if train or self.stochastic_eval:
+      if not self.has_rng("dropout"):
+        raise ValueError("perturbed frame selection draws its noise from the 'dropout' rng; pass "
+                         "rngs={'dropout': key} (the step's key), or select deterministically (train=False).")
+      indicators = perturbed_topk.perturbed_topk(scores, k, self.make_rng("dropout"),
+                                                 num_samples=self.selection_samples, sigma=self.selection_sigma)
+      return frame_selection.select_frames(frames, indicators), idx, scores
+    return jnp.take_along_axis(frames, idx[:, :, None, None], axis=1), idx, scores
 
 
 # ================================================================================================= weights

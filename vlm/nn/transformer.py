@@ -72,6 +72,9 @@ class Stack(nn.Module):
     layer_name: parameter name of the layers.
     remat: rematerialise each layer's activations in the backward pass (`nn.remat`).
     scan: run the layers with `nn.scan` (one traced layer, params stacked: faster compiles).
+    first_layer: index of the first layer in a deeper encoder that runs its layers in several stacks (the
+      TimeSformer stages between TW-BERT's frame selections): names `layer_<first + i>` and the `layer` index the
+      blocks read (per-layer rates) count from it. Unrolled only.
   """
   block: type[nn.Module]
   num_layers: int
@@ -80,6 +83,7 @@ class Stack(nn.Module):
   layer_name: str = "layer"
   remat: bool = False
   scan: bool = False
+  first_layer: int = 0
 
   def _kwargs(self, i: int) -> dict[str, Any]:
     return {**(self.block_kwargs or {}), **(self.layer_kwargs[i] if self.layer_kwargs else {})}
@@ -105,6 +109,9 @@ class Stack(nn.Module):
     state = {"x": x, **(carry or {})}
     shared = dict(shared or {})
     block = self.block
+    if self.scan and self.first_layer:
+      raise ValueError(f"a scanned stack holds all its layers under one name; first_layer={self.first_layer} "
+                       "needs scan=False.")
     if self.scan:
       kwargs = self._kwargs(0)
       for i in range(1, self.num_layers):
@@ -124,7 +131,8 @@ class Stack(nn.Module):
         block = nn.remat(block, static_argnums=(3, 4))
       layers = []
       for i in range(self.num_layers):
-        state, out = block(name=f"{self.layer_name}_{i:02d}", **self._kwargs(i))(state, shared, i, train)
+        index = self.first_layer + i
+        state, out = block(name=f"{self.layer_name}_{index:02d}", **self._kwargs(i))(state, shared, index, train)
         layers.append(out)
       layers = tuple(layers)
     x = state.pop("x")
