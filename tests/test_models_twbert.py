@@ -58,8 +58,8 @@ def test_frame_cls_block_matches_a_numpy_reference():
 
 
 def _encoder(**kw):
-  args = dict(num_layers=4, hidden_size=16, mlp_dim=32, num_heads=2, patch_size=8, frames=6, image_size=16,
-              drop_path_rate=0.0, frame_cls=True, select_after=(2, 4), select_frames=(4, 2), selection_samples=64)
+  args = dict(num_layers=2, hidden_size=16, mlp_dim=32, num_heads=2, patch_size=8, frames=6, image_size=16,
+              drop_path_rate=0.0, frame_cls=True, select_after=(1, 2), select_frames=(4, 2), selection_samples=64)
   return timesformer.TimeSformer(**{**args, **kw})
 
 
@@ -68,8 +68,8 @@ def test_selection_keeps_the_best_frames_in_order_and_trains_the_scorer():
   rng = np.random.default_rng(1)
   video = jnp.asarray(rng.uniform(-1, 1, size=(2, 6, 16, 16, 3)).astype(np.float32))
   text = jnp.asarray(rng.normal(size=(2, 16)).astype(np.float32))
-  variables = enc.init(jax.random.key(0), video, text)
-  x, aux = enc.apply(variables, video, text)
+  variables = jax.jit(enc.init)(jax.random.key(0), video, text)
+  x, aux = jax.jit(enc.apply)(variables, video, text)
   assert x.shape == (2, 2 * 5, 16) and aux["frames"] == 2 and aux["pooled"].shape == (2, 16)
   kept = np.asarray(aux["selected_frames"])
   assert kept.shape == (2, 2) and (np.diff(kept, axis=1) > 0).all() and kept.max() < 6
@@ -79,12 +79,12 @@ def test_selection_keeps_the_best_frames_in_order_and_trains_the_scorer():
   top2 = np.sort(np.argsort(-second, axis=1)[:, :2], axis=1)
   np.testing.assert_array_equal(kept, np.take_along_axis(top4, top2, axis=1))
   # Text-free: evenly spaced frames, no scorer.
-  _, free = enc.apply(variables, video)
+  _, free = jax.jit(enc.apply)(variables, video)
   np.testing.assert_array_equal(np.asarray(free["selected_frames"]), [[0, 5], [0, 5]])  # 0 2 3 5, then 0 and 5
   # Training: perturbed Top-K from the 'dropout' rng; the scorers receive gradients through it.
   loss = lambda prm: enc.apply({"params": prm}, video, text, train=True, rngs={"dropout": jax.random.key(2)}
                                )[1]["pooled"].sum()
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])
   for stage in (0, 1):
     g = nn.meta.unbox(grads[f"frame_selector_{stage}"]["score"]["kernel"])
     assert float(jnp.abs(g).sum()) > 0, stage
@@ -126,8 +126,8 @@ def test_stages_shapes(mode):
   video = jnp.zeros((b, 6, 32, 32, 3))
   text = jnp.ones((b, length), jnp.int32)
   mask = jnp.ones((b, length), jnp.int32).at[1, 5:].set(0)
-  variables = model.init(jax.random.key(0), video, text, mask)
-  out = model.apply(variables, video, text, mask)
+  variables = jax.jit(model.init)(jax.random.key(0), video, text, mask)
+  out = jax.jit(model.apply)(variables, video, text, mask)
   assert out["vtm_logits"].shape == (b, 2) and out["mlm_logits"].shape == (b, length, 160)
   hidden, _ = model.apply(variables, text, mask, method=twbert.Model.encode_text)
   tokens, feat, aux = model.apply(variables, video, hidden[:, 0], method=twbert.Model.video_features)

@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(arg="tiny", **overrides):
   config = config_lib.load_config(os.path.join(ROOT, "configs/twbert/pretrain.py") + ":" + arg)
-  small = {"model.video_layers": 2, "model.select_after": (1, 2), "model.select_frames": (6, 4),
-           "model.selection_samples": 32, "model.text_layers": 1, "model.cross_layers": 1,
-           "input.batch_size": 4, "task.queue_size": 8}
+  small = {"model.video_layers": 2, "model.select_after": (1, 2), "model.select_frames": (3, 2),
+           "model.selection_samples": 16, "model.text_layers": 1, "model.cross_layers": 1,
+           "input.batch_size": 4, "input.num_frames": 4, "task.queue_size": 8}
   with config.unlocked():
     for dotted, value in {**small, **overrides}.items():
       node = config

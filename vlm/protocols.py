@@ -78,6 +78,16 @@ class CrossEncoder(Protocol):
 
 
 @runtime_checkable
+class FrameSelector(Protocol):
+  """A text-conditioned frame selector and its cross-modal frame attention (the `frame_selection` evaluator)."""
+
+  def frame_selection(self, variables: Variables, video: Array, text: Array, text_mask: Array
+                      ) -> dict[str, Array]:
+    """Each clip with its own text -> {'selected_frames' [B, T'] (indices into the T input frames),
+    'frame_weights' [B, layers, H, L, T'] (each word's attention over the kept frames)}."""
+
+
+@runtime_checkable
 class FeatureExtractor(Protocol):
   """Frozen features of a batch's videos (the `linear` evaluator)."""
 

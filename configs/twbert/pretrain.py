@@ -19,14 +19,17 @@ Arguments (`FILE:ARG`, comma separated):
   kept    frames kept after each selection layer, '-' separated (default '3-2'; tiny '6-4'); 'none' turns the
           selector off (every frame reaches the cross-modal encoder).
   p2w     the P2W cross-attention baseline (appendix C) instead of W2P + T2W.
+  random_selector  the frame scorers keep their random initial weights (frozen): the baseline the learnt
+          selector is compared with.
   tiny    CPU-sized model and data (vlm/models/twbert.py SIZES['tiny']).
   steps   total steps (default 10 epochs of WebVid-2M's 2.5M pairs; tiny 1200).
 
 As released (config_release/pretrain_TW-BERT.json, base_model.json, timesformer_divst_8x32_224_k600.json):
-batch 128 (8 x 16), AdamW (0.9, 0.98), lr 1e-4 with 5% warm-up then linear decay, weight decay 1e-3, gradient norm clipped at 20,
-text length 30, 4 frames, CLIP's pixel mean / std, momentum 0.995, queue 262,144, distillation alpha 0.4,
-selection after layers 6 and 12. The release's ratio 0.72 would keep int(4 x 0.72) = 2 and then 1 frame of 4;
-here the kept counts are given directly (3 then 2), so that the cross-modal encoder sees a trajectory.
+batch 128 (8 x 16), AdamW (0.9, 0.98), lr 1e-4 with 5% warm-up then linear decay, weight decay 1e-3, gradient
+norm clipped at 20, text length 30, 4 frames, CLIP's pixel mean / std, momentum 0.995, queue 262,144,
+distillation alpha 0.4, selection after layers 6 and 12. The release's ratio 0.72 would keep int(4 x 0.72) = 2
+and then 1 frame of 4; here the kept counts are given directly (3 then 2), so that the cross-modal encoder sees a
+trajectory.
 """
 from __future__ import annotations
 
@@ -52,15 +55,20 @@ def _kept(text: str) -> tuple[int, ...]:
     raise ValueError(f"kept={text!r}: expected frame counts joined by '-' (e.g. '3-2') or 'none'.") from None
 
 
-def _eval_pp(frames: int, view: str, norm: str, text_len: int) -> str:
+def _eval_pp(frames: int, view: str, norm: str, text_len: int, *extra: str) -> str:
+  keys = ", ".join(repr(k) for k in ("video", "text", "text_mask", *extra))
+  events = "|first('event/start_frame', 'event/end_frame')" if "event/start_frame" in extra else ""
   return (f"sample_segments({frames}, random=False)|{view}|{norm}|sample_captions(1, random=False)"
-          f"|tokenize({text_len}, bos=True, eos=True)|keep('video', 'text', 'text_mask')")
+          f"|tokenize({text_len}, bos=True, eos=True){events}|keep({keys})")
+
+
+EVENT_KEYS = ("frame_index", "event/start_frame", "event/end_frame")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = config_lib.parse_arg(arg, frames=0, kept="", p2w=False, tiny=False, steps=0)
-  frames = a.frames or (8 if a.tiny else 4)
-  kept = _kept(a.kept or ("6-4" if a.tiny else "3-2"))
+  a = config_lib.parse_arg(arg, frames=0, kept="", p2w=False, random_selector=False, tiny=False, steps=0)
+  frames = a.frames or 4
+  kept = _kept(a.kept or "3-2")
   steps_per_epoch = WEBVID_PAIRS // BATCH
   c = config_lib.experiment(total_steps=a.steps or 10 * steps_per_epoch)
 
@@ -116,6 +124,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # --- Optimisation: AdamW (0.9, 0.98), 5% warm-up, linear decay, weight decay 1e-3, clip 20.
   c.optim = config_lib.optimizer("adamw", 1e-4, weight_decay=1e-3, warmup_steps=int(0.05 * c.total_steps),
                                  end_lr=0.0, b1=0.9, b2=0.98, schedule="linear", grad_clip_norm=20.0)
+  if a.random_selector:
+    c.optim.frozen = (r"video_encoder/frame_selector_.*",)
   config_lib.parallelism(c)
 
   # --- Zero-shot retrieval on MSR-VTT 1k-A: text-free VTC ranking, the top k re-ranked by VTM.
@@ -125,8 +135,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       input=dict(data=dict(name="records", split="test", files="MSRVTT_1KA/test-*.tfrecord"), batch_size=64,
                  pp=_eval_pp(frames, f"center_crop({c.input.crop_size}, resize_smallest={c.input.crop_size})",
                              norm, c.input.max_text_len)))
+  # What the selector keeps (against the events where the data marks them) and the cross-modal attention's
+  # entropy over frames (appendix C): vlm/evals/frame_selection.py.
+  c.evals.frame_selection = dict(type="frame_selection", every_steps=20_000, max_examples=0,
+                                 input=dict(c.evals.retrieval.input))
 
-  if a.tiny:  # CPU-sized model and data
+  if a.tiny:  # CPU-sized model and data: 8 frames kept 8 -> 6 -> 4 by default
+    frames = a.frames or 8
+    kept = _kept(a.kept or "6-4")
+    c.input.num_frames = frames
+    c.model.select_frames = kept
     if not a.steps:
       c.total_steps = 1200
       c.optim.schedule.warmup_steps = 60
@@ -151,6 +169,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.evals.retrieval.input.data = dict(split="test")
     c.evals.retrieval.input.pp = _eval_pp(frames, f"decode()|resize({c.input.crop_size})", norm,
                                           c.input.max_text_len)
+    c.evals.frame_selection.update(every_steps=None)
+    c.evals.frame_selection.input = dict(
+        data=dict(split="test"), batch_size=64, extra_context={"event/start_frame": "int", "event/end_frame": "int"},
+        pp=_eval_pp(frames, f"decode()|resize({c.input.crop_size})", norm, c.input.max_text_len, *EVENT_KEYS))
 
   text = f"sample_captions(1)|tokenize({c.input.max_text_len}, bos=True, eos=True)"
   c.input.pp = f"sample_segments({frames})|{augment}|{norm}|{text}|keep('video', 'text', 'text_mask')"

@@ -280,6 +280,21 @@ def rename(**new_to_old: str) -> Op:
 
 
 @register()
+def first(*keys: str, default: float = -1) -> Op:
+  """Each of `keys`, a 1-D tensor (an `extra_context` key such as 'event/start_frame'), -> its first element, a
+  scalar (`default` when it is empty): eval batches need static shapes."""
+
+  def op(data):
+    data = dict(data)
+    for key in keys:
+      x = tf.reshape(data[key], [-1])
+      data[key] = tf.cond(tf.size(x) > 0, lambda x=x: x[0], lambda x=x: tf.cast(default, x.dtype))
+    return data
+
+  return op
+
+
+@register()
 @in_key_out_key("label_index", "label")
 def label(default: int = -1, num_classes: int = 0, dataset: str = ""):
   """First class index: int32 [M] -> int32 [] (`default` when the record has no label).

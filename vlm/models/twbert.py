@@ -1,4 +1,4 @@
-"""TW-BERT: trajectory-word alignment with a text-conditioned frame selector (Fu et al. 2023; built on ALPRO).
+"""TW-BERT: trajectory-word alignment with a text-conditioned frame selector (Yang et al. 2023; built on ALPRO).
 
   f_t  text encoder        `bert.BertEncoder`, BERT-base's lower 6 layers ([CLS] first).
   f_v  video encoder       `timesformer.TimeSformer` with a [CLS] per frame and the hierarchical frame selector:
@@ -138,6 +138,15 @@ class Model(nn.Module):
   def frames_out(self) -> int:
     """Frames after the selector (what f_c reads)."""
     return self.select_frames[-1] if self.select_frames else self.frames
+
+  def token_counts(self) -> dict[str, int]:
+    """Video tokens per encoder stage (frames x (1 + N)) and those f_c reads (the inspect tool)."""
+    n = (self.image_size // self.patch_size) ** 2
+    out = {"video": self.frames * (1 + n)}
+    for layer, kept in zip(self.select_after, self.select_frames):
+      out[f"video_after_layer_{layer}"] = kept * (1 + n)
+    out["cross_modal_video"] = 1 + self.frames_out * n // self.pool_patches ** 2
+    return out
 
   def setup(self):
     self.video_encoder = timesformer.TimeSformer(**self.video_kwargs())

@@ -116,6 +116,8 @@ class Task:
     self.video_reads_text = bool(getattr(self.model, "video_reads_text", False))
     if hasattr(self.model, "attention_edges"):  # the inspect tool's EdgeCounter role, where the model has edges
       self.attention_edges = lambda: self.model.attention_edges(self.text_len)
+    if hasattr(self.model, "video_features"):  # the frame_selection evaluator's FrameSelector role
+      self.frame_selection = self._frame_selection
 
   # ------------------------------------------------------------------------------------------- protocol
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
@@ -268,6 +270,21 @@ class Task:
     def fn(model):
       logits = model.vtm_logits(model.fuse(text_hidden, text_mask, video_tokens))
       return logits[:, 1] - logits[:, 0]
+    return self.model.apply(self._model_vars(variables), method=fn)
+
+  def _frame_selection(self, variables, video, text, text_mask) -> dict[str, jax.Array]:
+    """Each clip read with its own text: the frames the selector keeps and f_c's word-to-frame weights."""
+    text, text_mask = flat_text(text), flat_text(text_mask, "text_mask")
+
+    def fn(model):
+      hidden, _ = model.encode_text(text, text_mask)
+      tokens, _, aux = model.video_features(video, hidden[:, 0])
+      _, fuse_aux = model.fuse(hidden, text_mask, tokens, with_aux=True)
+      weights = jnp.stack([layer["frame_weights"] for layer in fuse_aux["layers"]], axis=1)
+      kept = aux.get("selected_frames")
+      if kept is None:  # no selector: every frame is kept
+        kept = jnp.broadcast_to(jnp.arange(aux["frames"], dtype=jnp.int32), (video.shape[0], aux["frames"]))
+      return {"selected_frames": kept, "frame_weights": weights}
     return self.model.apply(self._model_vars(variables), method=fn)
 
   def embed_video(self, variables, video: jax.Array) -> jax.Array:
