@@ -69,4 +69,3 @@ def test_hiervl_two_stream_resume_matches_uninterrupted_run(tmp_path):
   assert [ref[s]["train/parent_step"] for s in range(1, 8)] == [0, 0, 0, 0, 0, 1, 0]
   assert [after[s]["train/loss"] for s in range(5, 8)] == [ref[s]["train/loss"] for s in range(5, 8)]
   assert after[6]["train/summary_loss"] == ref[6]["train/summary_loss"] > 0
-
